@@ -1,0 +1,69 @@
+"""The one record that flows rollout -> rewards -> rl -> eval.
+
+A :class:`Trajectory` is one sampled response to one prompt. The ``n`` samples of a prompt share a
+``group_id``; group-relative advantages are computed over them. Engines create trajectories, reward
+functions fill ``rewards``/``reward``, advantage estimators fill ``advantage``, and the trainer turns a
+list of them into tensors. Nothing else is passed between the stages.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Finish = Literal["stop", "length", "budget", "repeat"]
+
+
+@dataclass
+class Segment:
+    """A contiguous run of response tokens produced by one policy version (partial rollouts)."""
+
+    start: int  # index into response_ids
+    end: int  # exclusive
+    policy_version: int
+
+
+@dataclass
+class AgentInfo:
+    """Where this trajectory sits in a parallel-agent rollout (orchestrator or sub-agent)."""
+
+    role: Literal["orchestrator", "subagent"]
+    parent: str | None = None
+    depth: int = 0
+    critical_step: int = 0
+
+
+@dataclass
+class Trajectory:
+    prompt_id: str
+    group_id: str
+    prompt_ids: list[int]
+    response_ids: list[int]
+    rollout_logprobs: list[float]
+    finish: Finish = "stop"
+    response_text: str = ""
+    prompt_text: str = ""
+    segments: list[Segment] = field(default_factory=list)
+    agent: AgentInfo | None = None
+    # 1 where the token receives gradient, 0 for observation/tool tokens; empty means "all 1".
+    loss_mask: list[int] = field(default_factory=list)
+    rewards: dict[str, float] = field(default_factory=dict)
+    reward: float = 0.0
+    advantage: float | list[float] = 0.0
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_response_tokens(self) -> int:
+        return len(self.response_ids)
+
+    def mask(self) -> list[int]:
+        """The per-token loss mask, defaulting to all ones."""
+        return self.loss_mask if self.loss_mask else [1] * len(self.response_ids)
+
+
+def groups(trajs: list[Trajectory]) -> dict[str, list[Trajectory]]:
+    """Trajectories by ``group_id``, in first-seen order."""
+    out: dict[str, list[Trajectory]] = {}
+    for t in trajs:
+        out.setdefault(t.group_id, []).append(t)
+    return out

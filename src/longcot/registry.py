@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import inspect
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
@@ -18,6 +19,21 @@ def did_you_mean(name: str, choices) -> str:
     """``" (did you mean 'x'?)"`` for the closest of ``choices``, or an empty string."""
     close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
     return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def check_options(fn: Callable, options: dict, where: str) -> None:
+    """Fail early, naming the key, when a recipe passes an option that ``fn`` does not take.
+
+    Options are the parameters with a default (or keyword-only); the leading positional inputs (the sample,
+    the loss batch, ...) are not options, so a recipe key with that name is rejected too.
+    """
+    params = inspect.signature(fn).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    names = [n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY or p.default is not p.empty]
+    for key in options:
+        if key not in names:
+            raise KeyError(f"{where}: unknown option '{key}'{did_you_mean(key, names)}; valid: {', '.join(names)}")
 
 
 def import_object(spec: str):

@@ -11,14 +11,13 @@ sample id, and scored ``on_error`` (default 0.0).
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from longcot.record import Trajectory, groups
-from longcot.registry import Registry, did_you_mean
+from longcot.registry import Registry, check_options
 
 log = logging.getLogger(__name__)
 REWARDS: Registry = Registry("reward")
@@ -42,17 +41,6 @@ class RewardSpec:
         fn = REWARDS.get(self.name)
         check_options(fn, self.options, where=f"rewards[{self.name}]")
         return fn
-
-
-def check_options(fn: Callable, options: dict, where: str) -> None:
-    """Fail early, naming the key, when a recipe passes an option the function does not take."""
-    params = inspect.signature(fn).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return
-    names = [n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY or p.default is not p.empty]
-    for key in options:
-        if key not in params:
-            raise KeyError(f"{where}: unknown option '{key}'{did_you_mean(key, names)}; valid: {', '.join(names)}")
 
 
 def _as_components(name: str, value) -> dict[str, float]:

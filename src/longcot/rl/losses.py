@@ -4,15 +4,20 @@ A loss gets a :class:`LossBatch` (current, old, reference and rollout log-probs,
 token mask, all [B, T]) plus its own keyword options from the recipe, and returns a per-token loss
 [B, T] and a dict of scalar metrics. :func:`policy_loss` adds the KL and entropy terms and aggregates;
 the trainer only ever calls :func:`policy_loss`, so it knows nothing about which loss it runs.
+
+Registered: ppo_clip (GRPO/DAPO), gspo, cispo, k15, k25. Formulas: docs/algorithms.md. Attributes a loss may
+carry for the trainer: ``reset_optimizer_each_iteration`` (k15/k25; see :func:`resets_optimizer`) and
+``recommended_agg`` (the aggregation its paper uses; informational).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
-from longcot.registry import Registry
+from longcot.registry import Registry, check_options
 from longcot.rl.kl import kl
 
 LOSSES: Registry = Registry("policy loss")
@@ -66,13 +71,15 @@ def aggregate(per_token: torch.Tensor, mask: torch.Tensor, mode: str, *, max_len
     raise ValueError(f"unknown loss aggregation '{mode}'; expected one of {AGGREGATIONS}")
 
 
-@LOSSES.register("ppo_clip")
+@LOSSES.register("ppo_clip", recommended_agg="token-mean")
 def ppo_clip(b: LossBatch, clip_low: float = 0.2, clip_high: float = 0.2, dual_clip: float | None = None):
-    """PPO/GRPO clipped surrogate: -min(r A, clip(r, 1-clip_low, 1+clip_high) A).
+    """PPO/GRPO clipped surrogate: -min(r A, clip(r, 1-clip_low, 1+clip_high) A), r = pi_theta / pi_old.
 
-    ``clip_high > clip_low`` is DAPO's clip-higher. ``dual_clip`` (c > 1) bounds the loss of negative-advantage
-    tokens at -c A (Ye et al. 2020), so a huge ratio cannot blow up the update.
+    ``clip_high > clip_low`` is DAPO's clip-higher (0.2 / 0.28). ``dual_clip`` (c > 1) bounds the loss of
+    negative-advantage tokens at -c A (Ye et al. 2020), so a huge ratio cannot blow up the update.
     """
+    if dual_clip is not None and dual_clip <= 1:
+        raise ValueError(f"ppo_clip: dual_clip must be > 1 (got {dual_clip})")
     log_ratio = b.logprobs - b.old_logprobs
     ratio = torch.exp(log_ratio)
     surr1 = ratio * b.advantages
@@ -84,24 +91,159 @@ def ppo_clip(b: LossBatch, clip_low: float = 0.2, clip_high: float = 0.2, dual_c
     return loss, {"clip_frac": float(masked_mean(clipped, b.mask))}
 
 
+def _seq_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-sequence masked mean, [B, T] -> [B]; 0 for a sequence whose tokens are all masked."""
+    m = mask.to(x.dtype)
+    return (x * m).sum(-1) / m.sum(-1).clamp(min=1.0)
+
+
+@LOSSES.register("gspo", recommended_agg="seq-mean-token-mean")
+def gspo(b: LossBatch, clip_low: float = 3e-4, clip_high: float = 4e-4, variant: str = "sequence"):
+    """GSPO (Zheng et al. 2025): a sequence-level ratio s_i = exp(mean_t log r_{i,t}) in the clipped surrogate,
+    -min(s_i A_i, clip(s_i, 1-clip_low, 1+clip_high) A_i). Recommended for MoE: one ratio per sequence is
+    robust to the per-token noise that expert routing changes cause.
+
+    ``variant="sequence"``: the sequence loss is broadcast to every live token (aggregate with
+    seq-mean-token-mean to get the paper's mean over sequences); A_i is the mean of the token advantages.
+    ``variant="token"`` (GSPO-token): s_{i,t} = sg(s_i) * pi(y_t) / sg(pi(y_t)) with per-token advantages;
+    same value and, for a constant A_i, the same gradient as the sequence variant.
+    """
+    if variant not in ("sequence", "token"):
+        raise ValueError(f"gspo: variant must be 'sequence' or 'token' (got '{variant}')")
+    seq_log_ratio = _seq_mean(b.logprobs - b.old_logprobs, b.mask)  # [B]
+    s = torch.exp(seq_log_ratio)
+    if variant == "sequence":
+        adv = _seq_mean(b.advantages, b.mask)
+        ratio, adv = s.unsqueeze(-1).expand_as(b.logprobs), adv.unsqueeze(-1).expand_as(b.logprobs)
+    else:
+        ratio = s.detach().unsqueeze(-1) * torch.exp(b.logprobs - b.logprobs.detach())
+        adv = b.advantages
+    surr1 = ratio * adv
+    surr2 = torch.clamp(ratio, 1 - clip_low, 1 + clip_high) * adv
+    loss = -torch.minimum(surr1, surr2)
+    live = (b.mask.sum(-1) > 0).to(s.dtype)
+    clipped = ((surr2 < surr1).to(s.dtype) * b.mask).amax(-1) * live
+    metrics = {"clip_frac": float(clipped.sum() / live.sum().clamp(min=1.0)),
+               "seq_ratio_mean": float((s.detach() * live).sum() / live.sum().clamp(min=1.0))}
+    return loss, metrics
+
+
+@LOSSES.register("cispo", recommended_agg="token-mean")
+def cispo(b: LossBatch, clip_low: float = 1.0, clip_high: float = 0.28):
+    """CISPO (MiniMax-M1, 2025): -sg(clip(r, 1-clip_low, 1+clip_high)) * A * log pi_theta, token-mean.
+
+    Clips the importance weight, not the update: every token keeps a gradient (PPO's clip zeroes the
+    gradient of tokens outside the trust region, often the rare "wait"/"recheck" tokens that matter for
+    long CoT). ``clip_low=1.0`` means no lower bound (weight >= 0), as in the paper.
+    """
+    ratio = torch.exp(b.logprobs - b.old_logprobs).detach()
+    w = torch.clamp(ratio, min=1 - clip_low, max=1 + clip_high)
+    loss = -w * b.advantages * b.logprobs
+    truncated = ((ratio > 1 + clip_high) | (ratio < 1 - clip_low)).float()
+    return loss, {"clip_frac": float(masked_mean(truncated, b.mask)), "is_weight_mean": float(masked_mean(w, b.mask))}
+
+
+def _mirror_descent(b: LossBatch, tau: float, level: str, logprobs: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """Shared k1.5 / K2.5 term. ``logprobs`` may have some tokens detached (K2.5's gradient mask)."""
+    if level not in ("sequence", "token"):
+        raise ValueError(f"k15/k25: level must be 'sequence' or 'token' (got '{level}')")
+    m = b.mask.to(logprobs.dtype)
+    d = (logprobs - b.old_logprobs) * m  # per-token log(pi / pi_old)
+    pg = -b.advantages * logprobs
+    if level == "sequence":
+        # (tau/2) D_i * d_t summed over t is (tau/2) D_i^2, D_i = log pi(y_i)/pi_old(y_i): same value, same gradient.
+        seq_d = d.sum(-1, keepdim=True)
+        reg = 0.5 * tau * seq_d * d
+        sq = seq_d.squeeze(-1) ** 2
+    else:
+        reg = 0.5 * tau * d**2
+        sq = (d**2).sum(-1)
+    live = (m.sum(-1) > 0).to(m.dtype)
+    metrics = {"log_ratio_sq": float((sq.detach() * live).sum() / live.sum().clamp(min=1.0)),
+               "log_ratio_mean": float(masked_mean(d.detach(), m))}
+    return pg + reg, metrics
+
+
+@LOSSES.register("k15", reset_optimizer_each_iteration=True, recommended_agg="seq-mean-token-sum")
+def k15(b: LossBatch, tau: float = 0.1, level: str = "sequence", reset_optimizer: bool = True):
+    """Kimi k1.5 online mirror descent. Per sample: -(r - r_bar) log pi(y) + (tau/2) (log pi(y)/pi_old(y))^2,
+    whose gradient, averaged over the k samples of a group (aggregation seq-mean-token-sum), is the paper's
+    (1/k) sum_j [grad log pi(y_j)(r_j - r_bar) - (tau/2) grad (log pi(y_j)/pi_old(y_j))^2], negated.
+
+    pi_old is ``b.old_logprobs``: the policy at the start of the iteration (the mirror-descent reference,
+    which moves every iteration). Advantages must be r - r_bar (the ``k15`` estimator). ``level="sequence"``
+    squares the sequence log-ratio (the paper); ``"token"`` sums squared per-token log-ratios (K2-style).
+    ``reset_optimizer`` is read by the trainer (:func:`resets_optimizer`): k1.5 resets the optimizer state
+    each iteration; the loss itself ignores it.
+    """
+    return _mirror_descent(b, tau, level, b.logprobs)
+
+
+@LOSSES.register("k25", reset_optimizer_each_iteration=True, recommended_agg="seq-mean-token-sum")
+def k25(b: LossBatch, tau: float = 0.1, alpha: float = -math.log(2.0), beta: float = math.log(2.0),
+        level: str = "token", reset_optimizer: bool = True):
+    """Kimi K2.5: k15 plus a gradient mask: tokens whose log-ratio log(pi/pi_old) leaves [alpha, beta] get no
+    gradient (neither the policy-gradient nor the squared term), so stale or mismatched tokens cannot
+    dominate an off-policy update. Default range: ratio in [0.5, 2] (our choice; tune per run)."""
+    if not alpha < beta:
+        raise ValueError(f"k25: need alpha < beta (got alpha={alpha}, beta={beta})")
+    d = (b.logprobs - b.old_logprobs).detach()
+    keep = (d >= alpha) & (d <= beta)
+    logprobs = torch.where(keep, b.logprobs, b.logprobs.detach())
+    loss, metrics = _mirror_descent(b, tau, level, logprobs)
+    metrics["grad_masked_frac"] = float(masked_mean((~keep).float(), b.mask))
+    return loss, metrics
+
+
+def resets_optimizer(name: str, options: dict | None = None) -> bool:
+    """Whether the trainer should reset the optimizer state at the start of each iteration for this loss:
+    the recipe's ``reset_optimizer`` option if given, else the loss's ``reset_optimizer_each_iteration``."""
+    fn = LOSSES.get(name)
+    default = bool(getattr(fn, "reset_optimizer_each_iteration", False))
+    return bool((options or {}).get("reset_optimizer", default))
+
+
+def _tis(b: LossBatch, per_token: torch.Tensor, cap: float, metrics: dict) -> torch.Tensor:
+    """Truncated importance sampling: weight min(pi_old / pi_rollout, cap), detached (Yao et al. 2025)."""
+    if b.rollout_logprobs is None:
+        raise ValueError("tis_cap is set but the batch has no rollout_logprobs (the engine's log-probs)")
+    w = torch.exp(b.old_logprobs - b.rollout_logprobs).clamp(max=cap).detach()
+    metrics["tis_weight_mean"] = float(masked_mean(w, b.mask))
+    metrics["tis_capped_frac"] = float(masked_mean((w >= cap).float(), b.mask))
+    return per_token * w
+
+
 def policy_loss(b: LossBatch, name: str = "ppo_clip", options: dict | None = None, *, agg: str = "token-mean",
                 max_len: int | None = None, kl_coef: float = 0.0, kl_estimator: str = "k3",
                 entropy_coef: float = 0.0, tis_cap: float | None = None) -> tuple[torch.Tensor, dict]:
-    """The full per-step objective: named loss (+ beta * KL to reference) (- entropy bonus), aggregated.
+    """The full per-step objective: named loss (+ kl_coef * KL to reference) (- entropy bonus), aggregated.
 
-    ``tis_cap``: truncated importance sampling. Tokens are reweighted by min(pi_old / pi_rollout, cap) to
-    correct for the engine's sampling distribution differing from the trainer's (Yao et al. 2025).
+    ``options`` are the loss's keyword options from the recipe; an unknown key fails with the closest valid
+    one. ``tis_cap``: truncated importance sampling, tokens reweighted by min(pi_old / pi_rollout, cap) to
+    correct for the engine's sampling distribution differing from the trainer's. The train-vs-rollout
+    log-prob gap is logged whenever rollout log-probs are present. The KL here is "in the loss"; for KL
+    "in the reward" see :func:`longcot.rl.kl.apply_kl_to_rewards`.
     """
-    per_token, metrics = LOSSES.get(name)(b, **(options or {}))
-    if tis_cap is not None and b.rollout_logprobs is not None:
-        w = torch.exp(b.old_logprobs - b.rollout_logprobs).clamp(max=tis_cap).detach()
-        per_token = per_token * w
-        metrics["tis_weight_mean"] = float(masked_mean(w, b.mask))
-    if kl_coef and b.ref_logprobs is not None:
+    if agg not in AGGREGATIONS:
+        raise ValueError(f"unknown loss aggregation '{agg}'; expected one of {AGGREGATIONS}")
+    fn = LOSSES.get(name)
+    options = options or {}
+    check_options(fn, options, where=f"loss[{name}]")
+    per_token, metrics = fn(b, **options)
+    if b.rollout_logprobs is not None:
+        metrics["rollout_logprob_gap"] = float(masked_mean((b.old_logprobs - b.rollout_logprobs).abs(), b.mask))
+    if tis_cap is not None:
+        per_token = _tis(b, per_token, tis_cap, metrics)
+    if kl_coef:
+        if b.ref_logprobs is None:
+            raise ValueError(f"kl_coef={kl_coef} but the batch has no ref_logprobs (set a reference model)")
         k = kl(kl_estimator, b.logprobs, b.ref_logprobs)
         per_token = per_token + kl_coef * k
         metrics["kl"] = float(masked_mean(k.detach(), b.mask))
-    if entropy_coef and b.entropy is not None:
+    if entropy_coef:
+        if b.entropy is None:
+            raise ValueError(f"entropy_coef={entropy_coef} but the batch has no entropy")
         per_token = per_token - entropy_coef * b.entropy
+        metrics["entropy"] = float(masked_mean(b.entropy.detach(), b.mask))
     loss = aggregate(per_token, b.mask, agg, max_len=max_len, total_tokens=b.total_tokens, total_seqs=b.total_seqs)
     return loss, metrics

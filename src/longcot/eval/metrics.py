@@ -18,9 +18,12 @@ Conventions (the ones published AIME/MATH numbers use):
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -141,6 +144,11 @@ def summarize(
     correct = [[bool(r["correct"]) for r in rows] for rows in by_id.values()]
     answers = [[r.get("extracted") for r in rows] for rows in by_id.values()]
     n = min(len(c) for c in correct)
+    if any(len(c) != n for c in correct):
+        log.warning("summarize: problems have between %d and %d samples; n=%d", n, max(map(len, correct)), n)
+    dropped = sorted({int(k) for k in ks if int(k) > n})
+    if dropped:  # a smoke test with a small n should not need k overridden too
+        log.warning("summarize: k=%s > n=%d dropped (pass@k and maj@k need k <= n)", dropped, n)
     ks = sorted({int(k) for k in ks if 1 <= int(k) <= n})
     per_problem = []
     for pid, rows, c, a in zip(by_id, by_id.values(), correct, answers, strict=True):

@@ -1,0 +1,52 @@
+"""Eval problems: rows from the shared data sources (hub name, jsonl, parquet + column mapping) -> prompts.
+
+Every problem becomes ``{"id", "problem", "answer", ...}``; ids are strings so that re-scored files (whose
+ids were written as JSON) and the dataset agree.
+"""
+
+from __future__ import annotations
+
+from longcot.data.sources import load_rows
+from longcot.eval.config import DatasetConfig
+from longcot.rollout.base import Prompt
+
+
+def load_problems(cfg: DatasetConfig) -> list[dict]:
+    """Rows with ``id``/``problem``/``answer`` (column mapping applied); duplicate ids are errors."""
+    if not cfg.source:
+        raise ValueError("eval: dataset.source is empty (a hub name or a .jsonl/.json/.parquet file)")
+    rows = load_rows(cfg.source, split=cfg.split, columns=cfg.columns, limit=cfg.limit)
+    seen: set[str] = set()
+    for i, row in enumerate(rows):
+        row["answer"] = str(row["answer"])
+        if row["id"] in seen:
+            raise ValueError(f"{cfg.source} row {i}: duplicate id '{row['id']}' (map dataset.columns.id to a "
+                             "unique column)")
+        seen.add(row["id"])
+    if not rows:
+        raise ValueError(f"{cfg.source}: no problems")
+    return rows
+
+
+def render_prompt(row: dict, tokenizer, template: str, prompt: str) -> str:
+    """The text the model sees: ``prompt`` filled from the row, as is (raw) or as the chat template's user turn."""
+    try:
+        text = prompt.format(**row)
+    except KeyError as e:
+        raise KeyError(f"eval prompt {prompt!r} uses column {e} that the row lacks; columns: {sorted(row)}") from e
+    if template == "raw":
+        return text
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError("template=chat but the tokenizer has no chat template; use template=raw")
+    messages = [{"role": "user", "content": text}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def build_prompts(rows: list[dict], tokenizer, template: str, prompt: str) -> list[Prompt]:
+    """Engine prompts; the gold answer travels in ``meta["answer"]`` for the grader."""
+    out = []
+    for row in rows:
+        text = render_prompt(row, tokenizer, template, prompt)
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        out.append(Prompt(prompt_id=row["id"], prompt_ids=ids, prompt_text=text, meta={"answer": row["answer"]}))
+    return out

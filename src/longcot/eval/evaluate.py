@@ -1,0 +1,101 @@
+"""Generate n samples for every problem in one engine call, grade them, write the outputs.
+
+All ``n x problems`` requests go to the engine at once: vLLM's continuous batching then keeps the device busy
+while long responses finish, which is what makes a 32k-token protocol affordable. The same function serves
+``longcot eval`` and the trainer's periodic evaluation; :func:`write_outputs` is shared with re-scoring.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from longcot.eval.metrics import summarize
+from longcot.record import Trajectory
+from longcot.rollout.base import Prompt, SamplingConfig
+
+log = logging.getLogger(__name__)
+
+
+def response_text(traj: Trajectory, tokenizer) -> str:
+    """The engine's decoded text, or a decode of the ids when the engine left it empty."""
+    if traj.response_text or tokenizer is None:
+        return traj.response_text
+    return tokenizer.decode(traj.response_ids, skip_special_tokens=True)
+
+
+def grade_trajectories(
+    trajs: list[Trajectory], gold: dict[str, str], grader: Callable, tokenizer=None
+) -> list[dict]:
+    """One ``samples.jsonl`` record per trajectory; ``sample`` counts within a problem in engine order."""
+    counts: dict[str, int] = {}
+    records = []
+    for t in trajs:
+        pid = t.prompt_id
+        if pid not in gold:
+            raise KeyError(f"engine returned a trajectory for unknown prompt id '{pid}'")
+        text = response_text(t, tokenizer)
+        extracted, correct = grader(text, gold[pid])
+        records.append({
+            "id": pid, "sample": counts.get(pid, 0), "response": text, "extracted": extracted,
+            "correct": bool(correct), "tokens": len(t.response_ids), "finish": t.finish,
+        })
+        counts[pid] = counts.get(pid, 0) + 1
+    return records
+
+
+def write_outputs(records: list[dict], summary: dict, out_dir: str | Path, info: dict[str, Any]) -> Path:
+    """``samples.jsonl``, ``summary.json`` (with ``info`` under "config"), ``report.md`` and the PNG."""
+    from longcot.eval.report import write_report
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "samples.jsonl", "w") as f:
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    (out / "summary.json").write_text(json.dumps({**summary, "config": info}, indent=2, ensure_ascii=False))
+    write_report(summary, out, info)
+    return out
+
+
+def evaluate(
+    engine,
+    tokenizer,
+    prompts: list[Prompt],
+    sampling: SamplingConfig,
+    grader: Callable,
+    out_dir: str | Path | None,
+    ks: list[int] = (1,),
+    info: dict[str, Any] | None = None,
+) -> dict:
+    """Sample ``sampling.n`` responses per prompt (gold in ``prompt.meta["answer"]``), grade, summarise.
+
+    Writes the outputs to ``out_dir`` unless it is None and returns the summary dict
+    (``{"n", "metrics", "per_problem"}``); ``metrics`` includes generation throughput (tokens/s).
+    """
+    gold = {p.prompt_id: str(p.meta["answer"]) for p in prompts}
+    if len(gold) != len(prompts):
+        raise ValueError("evaluate: prompt ids must be unique")
+    start = time.perf_counter()
+    trajs = engine.generate(prompts, sampling, group_tag="")
+    gen_s = time.perf_counter() - start
+    expected = len(prompts) * sampling.n
+    if len(trajs) != expected:
+        raise RuntimeError(f"engine returned {len(trajs)} trajectories, expected {expected} (n x problems)")
+    start = time.perf_counter()
+    records = grade_trajectories(trajs, gold, grader, tokenizer)
+    grade_s = time.perf_counter() - start
+    summary = summarize(records, ks, gold=gold, seed=sampling.seed or 0)
+    tokens = sum(r["tokens"] for r in records)
+    summary["metrics"].update({
+        "gen_seconds": gen_s, "grade_seconds": grade_s, "gen_tokens": tokens,
+        "tokens_per_s": tokens / gen_s if gen_s > 0 else 0.0, "requests": expected,
+    })
+    log.info("eval: %d requests, %d tokens in %.1fs (%.0f tok/s)", expected, tokens, gen_s, tokens / max(gen_s, 1e-9))
+    if out_dir is not None:
+        write_outputs(records, summary, out_dir, info or {})
+    return summary

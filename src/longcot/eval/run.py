@@ -1,0 +1,83 @@
+"""Wire an :class:`EvalConfig` to a tokenizer, problems, an engine and :func:`evaluate`.
+
+Two entry points: :func:`run_eval` (``longcot eval``: builds its own engine) and :func:`eval_during_training`
+(the trainer passes the engine it already has, so the held-out eval uses the current weights without a
+second copy of the model).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+
+from longcot.eval.config import EvalConfig
+from longcot.eval.dataset import build_prompts, load_problems
+from longcot.eval.evaluate import evaluate
+from longcot.eval.grading import make_grader
+from longcot.rollout.base import Prompt, SamplingConfig
+
+log = logging.getLogger(__name__)
+
+
+def sampling_config(cfg: EvalConfig) -> SamplingConfig:
+    return SamplingConfig(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+                          max_tokens=cfg.max_tokens, seed=cfg.seed)
+
+
+def protocol_info(cfg: EvalConfig, **extra) -> dict:
+    """What ``summary.json`` and ``report.md`` record about how the numbers were produced."""
+    return {
+        "model": cfg.model, "dataset": cfg.dataset.source, "split": cfg.dataset.split, "template": cfg.template,
+        "prompt": cfg.prompt, "n": cfg.n, "temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": cfg.top_k,
+        "max_tokens": cfg.max_tokens, "seed": cfg.seed, "k": cfg.k, "grader": cfg.grader, **extra,
+    }
+
+
+def make_engine(cfg: EvalConfig, tokenizer, prompts: list[Prompt]):
+    """vLLM (or HF) engine sized for the longest prompt plus ``max_tokens``."""
+    kind = cfg.engine
+    if kind == "auto":
+        kind = "vllm" if importlib.util.find_spec("vllm") is not None else "hf"
+    max_len = cfg.max_model_len or max(len(p.prompt_ids) for p in prompts) + cfg.max_tokens
+    options = {"max_model_len": max_len, "seed": cfg.seed, **cfg.engine_options}
+    if cfg.dtype != "auto":
+        options["dtype"] = cfg.dtype
+    if kind == "vllm":
+        options.setdefault("gpu_memory_utilization", 0.9)  # eval owns the device, unlike a training run
+    from longcot.rollout import build_engine
+
+    log.info("eval: %s engine for %s, max_model_len=%d", kind, cfg.model, max_len)
+    return build_engine(kind, cfg.model, tokenizer, **options), kind
+
+
+def run_eval(cfg: EvalConfig) -> dict:
+    """``longcot eval RECIPE``: load everything, generate all n x problems at once, grade, write ``cfg.out``."""
+    from longcot.policies.load import load_tokenizer
+
+    if not cfg.model:
+        raise ValueError("eval: no model (set model=PATH_OR_HUB_NAME or --model)")
+    tokenizer = load_tokenizer(cfg.model)
+    rows = load_problems(cfg.dataset)
+    prompts = build_prompts(rows, tokenizer, cfg.template, cfg.prompt)
+    engine, kind = make_engine(cfg, tokenizer, prompts)
+    try:
+        return evaluate(engine, tokenizer, prompts, sampling_config(cfg), make_grader(cfg.grader), cfg.out,
+                        ks=cfg.k, info=protocol_info(cfg, engine=kind, problems=len(prompts)))
+    finally:
+        if hasattr(engine, "shutdown"):
+            engine.shutdown()
+
+
+def eval_during_training(engine, tokenizer, cfg: EvalConfig, step: int, out_root: str | Path,
+                         rows: list[dict] | None = None) -> dict[str, float]:
+    """The trainer's periodic eval on a held-out set: same protocol and outputs, under ``out_root/step_<step>``.
+
+    ``rows`` (``id``/``problem``/``answer`` dicts) default to ``cfg.dataset``. Returns flat scalar metrics
+    prefixed ``eval/`` for the trainer's logger.
+    """
+    rows = rows if rows is not None else load_problems(cfg.dataset)
+    prompts = build_prompts(rows, tokenizer, cfg.template, cfg.prompt)
+    summary = evaluate(engine, tokenizer, prompts, sampling_config(cfg), make_grader(cfg.grader),
+                       Path(out_root) / f"step_{step:06d}", ks=cfg.k, info=protocol_info(cfg, step=step))
+    return {f"eval/{k}": float(v) for k, v in summary["metrics"].items() if isinstance(v, (int, float))}

@@ -104,7 +104,7 @@ class CurriculumSampler(Sampler):
         return self.start_fraction + (1 - self.start_fraction) * progress
 
     def sample(self, k: int) -> list[int]:
-        pool = self.order[: max(k, math.ceil(self.fraction() * self.n))]
+        pool = self.order[: max(k, math.ceil(self.fraction() * self.n - 1e-9))]  # 0.2 + 0.4 != 0.6
         self._check_k(k, len(pool))
         self.step += 1
         return [pool[i] for i in self.rng.choice(len(pool), size=k, replace=False)]

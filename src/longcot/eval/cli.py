@@ -75,8 +75,8 @@ def config_from_args(ns: argparse.Namespace) -> EvalConfig:
 
 def run_rescore(cfg: EvalConfig, ns: argparse.Namespace) -> dict:
     from longcot.eval.dataset import load_problems
-    from longcot.eval.grading import make_grader
     from longcot.eval.rescore import read_responses, rescore
+    from longcot.eval.run import grader_for
 
     gold = {r["id"]: r["answer"] for r in load_problems(cfg.dataset)}
     tok = None
@@ -84,8 +84,9 @@ def run_rescore(cfg: EvalConfig, ns: argparse.Namespace) -> dict:
         from longcot.policies.load import load_tokenizer
 
         tok = load_tokenizer(ns.tokenizer)
-    info = {"responses": ns.responses, "dataset": cfg.dataset.source, "grader": cfg.grader, "k": cfg.k}
-    return rescore(read_responses(ns.responses), gold, make_grader(cfg.grader), cfg.k, cfg.out, tok,
+    info = {"responses": ns.responses, "dataset": cfg.dataset.source, "grader": cfg.grader, "k": cfg.k,
+            "grade_truncated": cfg.grade_truncated}
+    return rescore(read_responses(ns.responses), gold, grader_for(cfg), cfg.k, cfg.out, tok,
                    allow_missing=ns.allow_missing, info=info)
 
 

@@ -44,6 +44,8 @@ class EvalConfig:
     seed: int = 0
     k: list[int] = field(default_factory=lambda: [1, 4, 16])  # pass@k and maj@k; k > n is dropped with a warning
     grader: str = "math"  # a registered reward name or module:function (longcot.eval.grading)
+    grader_options: dict[str, Any] = field(default_factory=dict)  # keyword options of that reward
+    grade_truncated: bool = False  # grade cut-off responses' text too (default: no answer, wrong)
     out: str = "runs/eval"
     every: int = 0  # trainer: evaluate every N steps (0 = off)
     max_model_len: int | None = None  # None: prompt + max_tokens rounded up

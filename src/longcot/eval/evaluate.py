@@ -28,24 +28,30 @@ def response_text(traj: Trajectory, tokenizer) -> str:
     return tokenizer.decode(traj.response_ids, skip_special_tokens=True)
 
 
-def grade_trajectories(
-    trajs: list[Trajectory], gold: dict[str, str], grader: Callable, tokenizer=None
-) -> list[dict]:
+def grade_trajectories(trajs: list[Trajectory], gold: dict[str, str], grader, tokenizer=None) -> list[dict]:
     """One ``samples.jsonl`` record per trajectory; ``sample`` counts within a problem in engine order."""
+    unknown = {t.prompt_id for t in trajs} - set(gold)
+    if unknown:
+        raise KeyError(f"engine returned trajectories for unknown prompt ids {sorted(unknown)[:5]}")
+    texts = [response_text(t, tokenizer) for t in trajs]
+    graded = grade_all(grader, texts, [gold[t.prompt_id] for t in trajs], [t.finish for t in trajs])
     counts: dict[str, int] = {}
     records = []
-    for t in trajs:
+    for t, text, (extracted, correct) in zip(trajs, texts, graded, strict=True):
         pid = t.prompt_id
-        if pid not in gold:
-            raise KeyError(f"engine returned a trajectory for unknown prompt id '{pid}'")
-        text = response_text(t, tokenizer)
-        extracted, correct = grader(text, gold[pid])
         records.append({
             "id": pid, "sample": counts.get(pid, 0), "response": text, "extracted": extracted,
             "correct": bool(correct), "tokens": len(t.response_ids), "finish": t.finish,
         })
         counts[pid] = counts.get(pid, 0) + 1
     return records
+
+
+def grade_all(grader, responses: list[str], golds: list[str], finishes: list[str]) -> list[tuple]:
+    """Batch grading when the grader supports it (:class:`~longcot.eval.grading.Grader`), else one by one."""
+    if hasattr(grader, "many"):
+        return grader.many(responses, golds, finishes)
+    return [grader(r, g, f) for r, g, f in zip(responses, golds, finishes, strict=True)]
 
 
 def write_outputs(records: list[dict], summary: dict, out_dir: str | Path, info: dict[str, Any]) -> Path:
@@ -94,6 +100,7 @@ def evaluate(
     summary["metrics"].update({
         "gen_seconds": gen_s, "grade_seconds": grade_s, "gen_tokens": tokens,
         "tokens_per_s": tokens / gen_s if gen_s > 0 else 0.0, "requests": expected,
+        "grade_errors": getattr(grader, "errors", 0),
     })
     log.info("eval: %d requests, %d tokens in %.1fs (%.0f tok/s)", expected, tokens, gen_s, tokens / max(gen_s, 1e-9))
     if out_dir is not None:

@@ -13,7 +13,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from longcot.eval.evaluate import write_outputs
+from longcot.eval.evaluate import grade_all, write_outputs
 from longcot.eval.metrics import summarize
 
 
@@ -36,6 +36,14 @@ def read_responses(path: str | Path) -> list[dict]:
     return rows
 
 
+def _length(row: dict, tokenizer) -> int:
+    if "tokens" in row:
+        return int(row["tokens"])
+    if tokenizer is not None:
+        return len(tokenizer(row["response"], add_special_tokens=False)["input_ids"])
+    return len(row["response"])
+
+
 def rescore(
     rows: list[dict],
     gold: dict[str, str],
@@ -54,24 +62,20 @@ def rescore(
     if missing and not allow_missing:
         raise ValueError(f"{len(missing)} dataset problems have no responses, e.g. {missing[:5]} "
                          "(pass --allow-missing to score only the answered ones)")
+    pids = [str(r["id"]) for r in rows]
+    finishes = [r.get("finish", "stop") for r in rows]
+    graded = grade_all(grader, [r["response"] for r in rows], [gold[p] for p in pids], finishes)
     counts: dict[str, int] = {}
     records = []
-    for r in rows:
-        pid = str(r["id"])
-        extracted, correct = grader(r["response"], gold[pid])
-        if "tokens" in r:
-            tokens = int(r["tokens"])
-        elif tokenizer is not None:
-            tokens = len(tokenizer(r["response"], add_special_tokens=False)["input_ids"])
-        else:
-            tokens = len(r["response"])
+    for r, pid, finish, (extracted, correct) in zip(rows, pids, finishes, graded, strict=True):
         records.append({
             "id": pid, "sample": int(r.get("sample", counts.get(pid, 0))), "response": r["response"],
-            "extracted": extracted, "correct": bool(correct), "tokens": tokens, "finish": r.get("finish", "stop"),
+            "extracted": extracted, "correct": bool(correct), "tokens": _length(r, tokenizer), "finish": finish,
         })
         counts[pid] = counts.get(pid, 0) + 1
     summary = summarize(records, ks, gold={pid: gold[pid] for pid in counts})
     summary["metrics"]["missing_problems"] = len(missing)
+    summary["metrics"]["grade_errors"] = getattr(grader, "errors", 0)
     unit = "tokens" if all("tokens" in r for r in rows) or tokenizer is not None else "chars"
     if out_dir is not None:
         write_outputs(records, summary, out_dir, {**(info or {}), "mode": "rescore", "length_unit": unit})

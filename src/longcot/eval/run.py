@@ -25,12 +25,17 @@ def sampling_config(cfg: EvalConfig) -> SamplingConfig:
                           max_tokens=cfg.max_tokens, seed=cfg.seed)
 
 
+def grader_for(cfg: EvalConfig):
+    return make_grader(cfg.grader, cfg.grader_options, cfg.grade_truncated)
+
+
 def protocol_info(cfg: EvalConfig, **extra) -> dict:
     """What ``summary.json`` and ``report.md`` record about how the numbers were produced."""
     return {
         "model": cfg.model, "dataset": cfg.dataset.source, "split": cfg.dataset.split, "template": cfg.template,
         "prompt": cfg.prompt, "n": cfg.n, "temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": cfg.top_k,
-        "max_tokens": cfg.max_tokens, "seed": cfg.seed, "k": cfg.k, "grader": cfg.grader, **extra,
+        "max_tokens": cfg.max_tokens, "seed": cfg.seed, "k": cfg.k, "grader": cfg.grader,
+        "grader_options": cfg.grader_options, "grade_truncated": cfg.grade_truncated, **extra,
     }
 
 
@@ -62,7 +67,7 @@ def run_eval(cfg: EvalConfig) -> dict:
     prompts = build_prompts(rows, tokenizer, cfg.template, cfg.prompt)
     engine, kind = make_engine(cfg, tokenizer, prompts)
     try:
-        return evaluate(engine, tokenizer, prompts, sampling_config(cfg), make_grader(cfg.grader), cfg.out,
+        return evaluate(engine, tokenizer, prompts, sampling_config(cfg), grader_for(cfg), cfg.out,
                         ks=cfg.k, info=protocol_info(cfg, engine=kind, problems=len(prompts)))
     finally:
         if hasattr(engine, "shutdown"):
@@ -78,6 +83,6 @@ def eval_during_training(engine, tokenizer, cfg: EvalConfig, step: int, out_root
     """
     rows = rows if rows is not None else load_problems(cfg.dataset)
     prompts = build_prompts(rows, tokenizer, cfg.template, cfg.prompt)
-    summary = evaluate(engine, tokenizer, prompts, sampling_config(cfg), make_grader(cfg.grader),
+    summary = evaluate(engine, tokenizer, prompts, sampling_config(cfg), grader_for(cfg),
                        Path(out_root) / f"step_{step:06d}", ks=cfg.k, info=protocol_info(cfg, step=step))
     return {f"eval/{k}": float(v) for k, v in summary["metrics"].items() if isinstance(v, (int, float))}

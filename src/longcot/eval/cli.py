@@ -110,3 +110,7 @@ def config_dict(cfg: EvalConfig) -> dict:
     d = dataclasses.asdict(cfg)
     d["dataset"] = cfg.dataset.source
     return d
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -40,16 +40,31 @@ def protocol_info(cfg: EvalConfig, **extra) -> dict:
 
 
 def make_engine(cfg: EvalConfig, tokenizer, prompts: list[Prompt]):
-    """vLLM (or HF) engine sized for the longest prompt plus ``max_tokens``."""
+    """vLLM (or HF) engine sized for the longest prompt plus ``max_tokens``; returns ``(engine, kind)``."""
     kind = cfg.engine
     if kind == "auto":
         kind = "vllm" if importlib.util.find_spec("vllm") is not None else "hf"
     max_len = cfg.max_model_len or max(len(p.prompt_ids) for p in prompts) + cfg.max_tokens
-    options = {"max_model_len": max_len, "seed": cfg.seed, **cfg.engine_options}
-    if cfg.dtype != "auto":
-        options["dtype"] = cfg.dtype
     if kind == "vllm":
-        options.setdefault("gpu_memory_utilization", 0.9)  # eval owns the device, unlike a training run
+        import torch
+
+        # eval owns the device, unlike a training run that shares it with the trainer
+        options = {"max_model_len": max_len, "seed": cfg.seed, "gpu_memory_utilization": 0.9}
+        if cfg.dtype != "auto":
+            options["dtype"] = cfg.dtype
+        if not torch.cuda.is_available():
+            # vLLM 0.32 CPU bug: a chunked prefill of a seeded request rewinds its generator with
+            # set_offset, which CPU generators reject ("CPU Generator does not use offset"). Eval batches
+            # (n x problems long prompts) overflow the 4096-token step budget, so whole-prompt prefill it is.
+            options["enable_chunked_prefill"] = False
+    else:
+        import torch
+
+        torch.manual_seed(cfg.seed)  # the HF engine samples with the global generator
+        cuda = torch.cuda.is_available()
+        dtype = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if cuda else "float32")
+        options = {"max_model_len": max_len, "dtype": getattr(torch, dtype), "device": "cuda" if cuda else "cpu"}
+    options.update(cfg.engine_options)
     from longcot.rollout import build_engine
 
     log.info("eval: %s engine for %s, max_model_len=%d", kind, cfg.model, max_len)

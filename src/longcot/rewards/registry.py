@@ -12,7 +12,10 @@ sample id, and scored ``on_error`` (default 0.0).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +39,7 @@ class RewardSpec:
     weight: float = 1.0
     options: dict[str, Any] = field(default_factory=dict)
     on_error: float = 0.0
+    timeout_s: float | None = 60.0  # per sample (per group for group rewards); None: no limit
 
     def resolve(self) -> Callable:
         fn = REWARDS.get(self.name)
@@ -49,10 +53,88 @@ def _as_components(name: str, value) -> dict[str, float]:
     return {name: float(value)}
 
 
-def compute_rewards(trajs: list[Trajectory], specs: list[RewardSpec]) -> dict[str, float]:
-    """Score every trajectory with every spec; set ``t.rewards[...]`` and ``t.reward`` (weighted sum).
+@contextmanager
+def time_limit(seconds: float | None) -> Iterator[None]:
+    """Raise ``TimeoutError`` in the block after ``seconds`` (SIGALRM; main thread only, else no limit).
 
-    Returns counters (``reward_errors/<name>``) for the step's metrics.
+    This interrupts Python code, not a C extension stuck in one call; the built-in math and code rewards do
+    not rely on it: they run in worker processes that are killed at their limit.
+    """
+    if not seconds or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _raise(signum, frame):
+        raise TimeoutError(f"reward took over {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, _raise)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _call(fn: Callable, arg, spec: RewardSpec):
+    """``fn(arg, **options)`` under the spec's time limit, or the exception it raised."""
+    try:
+        with time_limit(spec.timeout_s):
+            return fn(arg, **spec.options)
+    except Exception as e:  # noqa: BLE001 - a user reward must never kill training
+        return e
+
+
+def _sample_id(t: Trajectory) -> str:
+    return str(t.meta.get("id", t.prompt_id))
+
+
+def _per_group(trajs: list[Trajectory], spec: RewardSpec, fn: Callable, errors: dict[str, float]) -> None:
+    for members in groups(trajs).values():
+        values = _call(fn, members, spec)
+        if not isinstance(values, BaseException):
+            try:
+                values = [float(v) for v in values]
+                if len(values) != len(members):
+                    values = ValueError(f"returned {len(values)} values for a group of {len(members)}")
+            except Exception as e:  # noqa: BLE001
+                values = e
+        if isinstance(values, BaseException):
+            log.warning("reward %s failed on group %s (samples %s): %r", spec.name, members[0].group_id,
+                        ", ".join(_sample_id(t) for t in members), values)
+            errors[spec.name] = errors.get(spec.name, 0) + len(members)
+            values = [spec.on_error] * len(members)
+        for t, v in zip(members, values, strict=True):
+            t.rewards[spec.name] = float(v)
+
+
+def _per_sample(trajs: list[Trajectory], spec: RewardSpec, fn: Callable, errors: dict[str, float]) -> None:
+    """Score each sample; a reward with a ``batch`` attribute grades the whole list at once (worker pool)."""
+    batch = getattr(fn, "batch", None)
+    if batch is not None:
+        try:
+            values = list(batch(trajs, **spec.options))
+        except Exception as e:  # noqa: BLE001
+            values = [e] * len(trajs)
+    else:
+        values = [_call(fn, t, spec) for t in trajs]
+    for t, v in zip(trajs, values, strict=True):
+        if not isinstance(v, BaseException):
+            try:
+                t.rewards.update(_as_components(spec.name, v))
+                continue
+            except Exception as e:  # noqa: BLE001 - e.g. a reward that returned None
+                v = e
+        log.warning("reward %s failed on sample %s: %r", spec.name, _sample_id(t), v)
+        errors[spec.name] = errors.get(spec.name, 0) + 1
+        t.rewards[spec.name] = spec.on_error
+
+
+def compute_rewards(trajs: list[Trajectory], specs: list[RewardSpec]) -> dict[str, float]:
+    """Score every trajectory with every spec; set ``t.rewards[...]`` (every component) and ``t.reward``.
+
+    ``t.reward`` is the weighted sum of the specs' main components. Returns counters for the step's metrics:
+    ``reward_errors/<name>`` (failed or timed-out samples) and ``reward_mean/<component>``.
     """
     errors: dict[str, float] = {}
     for t in trajs:
@@ -60,25 +142,14 @@ def compute_rewards(trajs: list[Trajectory], specs: list[RewardSpec]) -> dict[st
     for spec in specs:
         fn = spec.resolve()
         if getattr(fn, "per_group", False):
-            for members in groups(trajs).values():
-                try:
-                    values = list(fn(members, **spec.options))
-                    if len(values) != len(members):
-                        raise ValueError(f"returned {len(values)} values for a group of {len(members)}")
-                except Exception as e:  # noqa: BLE001 - a user reward must never kill training
-                    log.warning("reward %s failed on group %s: %r", spec.name, members[0].group_id, e)
-                    errors[spec.name] = errors.get(spec.name, 0) + len(members)
-                    values = [spec.on_error] * len(members)
-                for t, v in zip(members, values, strict=True):
-                    t.rewards[spec.name] = float(v)
+            _per_group(trajs, spec, fn, errors)
         else:
-            for t in trajs:
-                try:
-                    t.rewards.update(_as_components(spec.name, fn(t, **spec.options)))
-                except Exception as e:  # noqa: BLE001
-                    log.warning("reward %s failed on sample %s: %r", spec.name, t.prompt_id, e)
-                    errors[spec.name] = errors.get(spec.name, 0) + 1
-                    t.rewards[spec.name] = spec.on_error
+            _per_sample(trajs, spec, fn, errors)
     for t in trajs:
         t.reward = sum(s.weight * t.rewards.get(s.name, 0.0) for s in specs)
-    return {f"reward_errors/{k}": v for k, v in errors.items()}
+    metrics = {f"reward_errors/{k}": v for k, v in errors.items()}
+    keys = sorted({k for t in trajs for k in t.rewards})
+    for k in keys:
+        vals = [t.rewards[k] for t in trajs if k in t.rewards]
+        metrics[f"reward_mean/{k}"] = sum(vals) / len(vals)
+    return metrics

@@ -1,0 +1,188 @@
+"""Rollouts with an in-process, colocated ``vllm.LLM``, and in-place weight sync from the trainer.
+
+One engine lives in the trainer's process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), so weight sync is a
+function call on the worker that reads the trainer's tensors directly: no NCCL group, no files, no copies
+beyond the one into vLLM's own parameters. This is the simplest correct design for one node and it runs on
+a 2-core CPU. vLLM is imported lazily so ``import longcot`` stays fast and works without vLLM installed.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+
+from longcot.record import Trajectory
+from longcot.rollout.base import Prompt, SamplingConfig
+from longcot.rollout.common import check_inputs, check_pairs, make_trajectory, prompt_seed
+from longcot.rollout.weight_sync import checkpoint_named_params, repack_fused_moe
+
+log = logging.getLogger(__name__)
+
+# Settings that make vLLM run in-process on a CPU (DESIGN.md section 5); the user's environment wins.
+_VLLM_ENV_DEFAULTS = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1"}
+
+
+class VLLMEngine:
+    """The :class:`~longcot.rollout.base.Engine` backed by vLLM.
+
+    ``logprobs_mode="processed_logprobs"`` (default) returns the logprobs of the distribution tokens were
+    actually sampled from (after temperature/top-k/top-p), which is what importance-sampling corrections
+    need; the trainer must then divide its logits by the same temperature. ``"raw_logprobs"`` gives the
+    model's unscaled logprobs. ``compute_logprobs`` always returns raw (temperature 1) logprobs.
+    """
+
+    def __init__(
+        self,
+        model_path: str,
+        tokenizer: Any = None,
+        *,
+        max_model_len: int = 2048,
+        seed: int = 0,
+        dtype: str | None = None,
+        gpu_memory_utilization: float = 0.5,
+        enforce_eager: bool = True,
+        logprobs_mode: str = "processed_logprobs",
+        repack_moe_after_sync: bool = True,
+        **llm_kwargs: Any,
+    ) -> None:
+        for key, value in _VLLM_ENV_DEFAULTS.items():
+            os.environ.setdefault(key, value)
+        if os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] != "0":
+            raise RuntimeError(
+                "VLLMEngine syncs weights in-process and needs VLLM_ENABLE_V1_MULTIPROCESSING=0 "
+                f"(it is {os.environ['VLLM_ENABLE_V1_MULTIPROCESSING']!r})"
+            )
+        import vllm
+        from vllm.platforms import current_platform
+
+        self.tokenizer = tokenizer
+        self.max_model_len = max_model_len
+        self.repack_moe_after_sync = repack_moe_after_sync
+        self.version = 0
+        self.last_sync_s = 0.0
+        self.start_s = 0.0
+        if dtype is None:
+            dtype = "float32" if current_platform.is_cpu() else "auto"
+        tok_path = llm_kwargs.pop("tokenizer_path", None) or _tokenizer_path(tokenizer)
+        set_threads = torch.set_num_threads  # vLLM's CPU worker replaces it with a no-op; see _restore
+        t0 = time.perf_counter()
+        self.llm = vllm.LLM(
+            model=str(model_path), tokenizer=tok_path, max_model_len=max_model_len, seed=seed, dtype=dtype,
+            gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager,
+            logprobs_mode=logprobs_mode, **llm_kwargs,
+        )
+        self.start_s = time.perf_counter() - t0
+        # The trainer shares this process and must keep control of its own thread count.
+        torch.set_num_threads = set_threads
+        log.info("vLLM engine up in %.2fs (%s, dtype=%s)", self.start_s, model_path, dtype)
+
+    # ---- generation -------------------------------------------------------------------------------------
+    def generate(self, prompts: list[Prompt], sampling: SamplingConfig, group_tag: str = "") -> list[Trajectory]:
+        """``sampling.n`` samples per prompt, all prompts in one ``llm.generate`` call (vLLM batches them).
+
+        Seeding: with ``sampling.seed`` set, a prompt's seed is derived from ``(seed, prompt_id)`` and vLLM
+        gives its ``i``-th sample that seed ``+ i``. Every sample has its own generator, so a group's samples
+        differ from each other but do not depend on batch order or composition. Change the seed between
+        iterations (the trainer passes its step).
+        """
+        check_inputs(prompts, sampling, self.max_model_len)
+        if not prompts:
+            return []
+        params = [self._sampling_params(sampling, prompt_seed(sampling.seed, p.prompt_id)) for p in prompts]
+        inputs = [{"prompt_token_ids": list(p.prompt_ids)} for p in prompts]
+        outputs = self.llm.generate(inputs, params, use_tqdm=False)
+        trajs: list[Trajectory] = []
+        for prompt, out in zip(prompts, outputs, strict=True):
+            for comp in sorted(out.outputs, key=lambda c: c.index):
+                ids = list(comp.token_ids)
+                lps = [step[tok].logprob for step, tok in zip(comp.logprobs, ids, strict=True)]
+                if comp.finish_reason not in ("stop", "length"):
+                    raise RuntimeError(f"vLLM finished prompt {prompt.prompt_id!r} with {comp.finish_reason!r}")
+                trajs.append(make_trajectory(prompt, group_tag, ids, lps, comp.text, comp.finish_reason,
+                                             self.version))
+        return trajs
+
+    def _sampling_params(self, sampling: SamplingConfig, seed: int | None):
+        from vllm import SamplingParams
+
+        return SamplingParams(
+            n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
+            top_k=0 if sampling.top_k in (-1, 0) else sampling.top_k, max_tokens=sampling.max_tokens,
+            stop=list(sampling.stop) or None, seed=seed, logprobs=0,
+            # Keep the stop string in the text: response_text then always decodes from response_ids.
+            include_stop_str_in_output=True,
+        )
+
+    def compute_logprobs(self, prompt_ids: list[list[int]], response_ids: list[list[int]]) -> list[list[float]]:
+        """Logprob of each response token given the prompt and the previous tokens (temperature 1).
+
+        Uses vLLM's ``prompt_logprobs`` on the concatenated sequence, so it is the engine's own forward pass:
+        compare it with the trainer's to measure the rollout/trainer mismatch or to check a weight sync.
+        """
+        from vllm import SamplingParams
+
+        check_pairs(prompt_ids, response_ids)
+        if not prompt_ids:
+            return []
+        seqs = [list(p) + list(r) for p, r in zip(prompt_ids, response_ids, strict=True)]
+        for i, s in enumerate(seqs):
+            if len(s) >= self.max_model_len:
+                raise ValueError(f"compute_logprobs: sequence {i} has {len(s)} tokens >= max_model_len")
+        params = SamplingParams(max_tokens=1, temperature=1.0, prompt_logprobs=0)
+        outs = self.llm.generate([{"prompt_token_ids": s} for s in seqs], params, use_tqdm=False)
+        result = []
+        for p, s, out in zip(prompt_ids, seqs, outs, strict=True):
+            # prompt_logprobs[k] scores token s[k] given s[:k]; entry 0 is None.
+            result.append([out.prompt_logprobs[k][s[k]].logprob for k in range(len(p), len(s))])
+        return result
+
+    # ---- weights ----------------------------------------------------------------------------------------
+    def sync_weights(self, named_params: Iterable[tuple[str, torch.Tensor]], version: int) -> None:
+        """Load the trainer's weights into vLLM in place, then drop KV blocks computed with the old ones.
+
+        ``named_params`` are HF checkpoint names (``model.named_parameters()``; ``module.``/``_orig_mod.``
+        prefixes are stripped). vLLM's ``load_weights`` fuses q/k/v, gate/up and expert weights itself.
+        """
+        t0 = time.perf_counter()
+        weights = checkpoint_named_params(named_params)
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+        if self.repack_moe_after_sync:
+            self.llm.collective_rpc(_repack_on_worker)
+        self.llm.reset_prefix_cache()
+        self.version = version
+        self.last_sync_s = time.perf_counter() - t0
+        log.debug("synced weights v%d in %.3fs", version, self.last_sync_s)
+
+    def shutdown(self) -> None:
+        """Free the engine so another ``VLLMEngine`` can start in this process."""
+        llm = getattr(self, "llm", None)
+        if llm is None:
+            return
+        core = getattr(llm.llm_engine, "engine_core", None)
+        if core is not None and hasattr(core, "shutdown"):
+            core.shutdown()
+        del self.llm
+        gc.collect()
+        from vllm.distributed.parallel_state import destroy_distributed_environment, destroy_model_parallel
+
+        destroy_model_parallel()
+        destroy_distributed_environment()
+
+
+def _repack_on_worker(worker: Any) -> int:
+    """Runs inside the vLLM worker (``collective_rpc`` passes it as ``self``)."""
+    return repack_fused_moe(worker.model_runner.model)
+
+
+def _tokenizer_path(tokenizer: Any) -> str | None:
+    """A local tokenizer directory for vLLM, if the caller's tokenizer object came from one."""
+    if isinstance(tokenizer, (str, os.PathLike)):
+        return str(tokenizer)
+    path = getattr(tokenizer, "name_or_path", None)
+    return path if path and os.path.isdir(path) else None

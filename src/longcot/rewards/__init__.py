@@ -1,6 +1,6 @@
 """Verifiable rewards. Importing this package registers every built-in reward (``longcot rewards list``)."""
 
-from longcot.rewards import math  # noqa: F401  (registers "math")
+from longcot.rewards import code, math  # noqa: F401  (register "code", "math")
 from longcot.rewards.registry import REWARDS, RewardSpec, compute_rewards, reward
 
 __all__ = ["REWARDS", "RewardSpec", "compute_rewards", "reward"]

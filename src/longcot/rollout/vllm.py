@@ -24,8 +24,11 @@ from longcot.rollout.weight_sync import checkpoint_named_params, repack_fused_mo
 
 log = logging.getLogger(__name__)
 
-# Settings that make vLLM run in-process on a CPU (DESIGN.md section 5); the user's environment wins.
-_VLLM_ENV_DEFAULTS = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1"}
+# Settings that make vLLM run in-process on a CPU (DESIGN.md section 5), and keep its INFO lines (printed
+# to stdout) out of the trainer's output. The user's environment wins; they apply if vLLM is not yet imported.
+_VLLM_ENV_DEFAULTS = {
+    "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_LOGGING_LEVEL": "WARNING",
+}
 
 
 class VLLMEngine:

@@ -1,0 +1,40 @@
+"""Prompt data: the synthetic arithmetic task, dataset sources, templates and samplers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from longcot.data.arith import ArithSpec, make_split
+from longcot.data.sources import load_rows
+from longcot.data.templates import render_prompt
+from longcot.rollout.base import Prompt
+
+
+@dataclass
+class Task:
+    """Training rows, held-out rows, and how a row becomes a prompt for the engine."""
+
+    train: list[dict]
+    heldout: list[dict]
+    template: str
+
+    def prompt(self, row: dict, tokenizer) -> Prompt:
+        text = render_prompt(self.template, row, tokenizer)
+        ids = tokenizer(text, add_special_tokens=False).input_ids
+        meta = {k: v for k, v in row.items() if k not in ("problem", "solution")}
+        return Prompt(prompt_id=str(row["id"]), prompt_ids=ids, prompt_text=text, meta=meta)
+
+
+def build_task(cfg) -> Task:
+    """A :class:`Task` from a recipe's ``data`` section (``longcot.config.DataConfig``)."""
+    if cfg.task == "arith":
+        spec = ArithSpec(cfg.min_ops, cfg.max_ops, cfg.max_operand, cfg.recheck_prob, cfg.long_tail_frac)
+        train, heldout = make_split(spec, cfg.num_train, cfg.num_heldout, cfg.seed)
+        return Task(train, heldout, cfg.template)
+    if cfg.task == "dataset":
+        if not cfg.source:
+            raise ValueError("data.task=dataset needs data.source (hub name, .jsonl or .parquet path)")
+        rows = load_rows(cfg.source, cfg.split, cfg.columns)
+        n_held = min(cfg.num_heldout, len(rows) // 10)
+        return Task(rows[n_held:], rows[:n_held], cfg.template)
+    raise ValueError(f"unknown data.task '{cfg.task}'; expected 'arith' or 'dataset'")

@@ -1,0 +1,123 @@
+"""The training recipe schema. Every key a recipe may set is a field here, with its default and meaning.
+
+Algorithm options (loss, advantage, reward and sampler options) are passed to the registered function by
+name and validated against its signature, so adding a loss never touches this file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from longcot.rewards.registry import RewardSpec
+
+
+@dataclass
+class ModelConfig:
+    path: str = ""  # HF hub name or local path; empty: build the tiny MoE into runs/<name>/init
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    build_seed: int = 0  # init seed of the tiny model when path is empty
+    build_overrides: dict[str, Any] = field(default_factory=dict)  # Qwen3MoeConfig fields for the tiny model
+
+
+@dataclass
+class DataConfig:
+    task: str = "arith"  # "arith" (synthetic) or "dataset" (hub name / jsonl / parquet in `source`)
+    source: str = ""
+    split: str = "train"
+    columns: dict[str, str] = field(default_factory=dict)  # {"problem": "question", "answer": "solution", "id": ...}
+    template: str = "{problem}\n"  # prompt template; "chat" uses the tokenizer's chat template
+    # synthetic arithmetic task (longcot.data.arith)
+    min_ops: int = 1
+    max_ops: int = 3
+    max_operand: int = 20
+    recheck_prob: float = 0.0  # chance of a redundant "check:" line per step in solver traces
+    long_tail_frac: float = 0.0  # fraction of problems whose traces are many times longer (partial rollouts)
+    num_train: int = 20000
+    num_heldout: int = 256
+    seed: int = 0
+    sampler: str = "uniform"
+    sampler_options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SFTConfig:
+    enabled: bool = True
+    num_examples: int = 4000
+    epochs: float = 1.0
+    lr: float = 3e-3
+    batch_size: int = 32
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.0
+
+
+@dataclass
+class RolloutConfig:
+    engine: Literal["vllm", "hf"] = "vllm"
+    n: int = 8  # samples per prompt (group size)
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1
+    max_tokens: int = 128
+    stop: list[str] = field(default_factory=list)
+    max_model_len: int = 1024
+    engine_options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class AlgoRef:
+    """A registered function by name plus its keyword options."""
+
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RLConfig:
+    enabled: bool = True
+    steps: int = 60
+    prompts_per_step: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
+    warmup_steps: int = 0
+    grad_clip: float = 1.0
+    micro_batch_size: int = 64  # sequences per forward/backward
+    updates_per_step: int = 1  # optimizer steps per rollout batch (>1: off-policy mini-batches)
+    advantage: AlgoRef = field(default_factory=lambda: AlgoRef("grpo"))
+    loss: AlgoRef = field(default_factory=lambda: AlgoRef("ppo_clip"))
+    aggregation: str = "token-mean"
+    kl_coef: float = 0.0
+    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
+    entropy_coef: float = 0.0
+    tis_cap: float | None = None  # truncated importance sampling cap against engine logprobs
+    checkpoint_every: int = 0  # 0: only the final checkpoint
+
+
+@dataclass
+class EvalConfig:
+    num_problems: int = 256  # held-out problems (<= data.num_heldout)
+    every: int = 0  # also evaluate every N RL steps (0: only after SFT and after RL)
+    temperature: float = 0.0
+    max_tokens: int = 128
+
+
+@dataclass
+class Recipe:
+    name: str = "run"
+    seed: int = 0
+    out_dir: str = "runs"
+    threads: int = 0  # torch threads; 0 = all cores
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    rewards: list[RewardSpec] = field(default_factory=lambda: [RewardSpec("math")])
+    rl: RLConfig = field(default_factory=RLConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        if self.rollout.n < 1 or self.rl.prompts_per_step < 1:
+            raise ValueError("rollout.n and rl.prompts_per_step must be >= 1")
+        if self.eval.num_problems > self.data.num_heldout and self.data.task == "arith":
+            raise ValueError(f"eval.num_problems ({self.eval.num_problems}) > data.num_heldout ({self.data.num_heldout})")

@@ -1,0 +1,44 @@
+"""SFT warm-up with TRL's SFTTrainer: teach the output format (steps, then ``\\boxed{}``) before RL.
+
+Prompt/completion pairs, loss on the completion only, EOS appended, so the policy learns to stop.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import datasets
+from trl import SFTConfig as TRLSFTConfig
+from trl import SFTTrainer
+
+log = logging.getLogger(__name__)
+
+
+def run_sft(model, tokenizer, pairs: list[tuple[str, str]], out_dir: str | Path, *, lr: float, epochs: float,
+            batch_size: int, warmup_ratio: float = 0.05, weight_decay: float = 0.0, seed: int = 0,
+            max_length: int = 1024) -> dict:
+    """Fine-tune ``model`` in place on (prompt, completion) pairs and save it to ``out_dir``.
+
+    Returns TRL's training metrics (final loss, runtime). The model object is updated in place, so the
+    caller can continue with RL without reloading.
+    """
+    out_dir = Path(out_dir)
+    ds = datasets.Dataset.from_dict({"prompt": [p for p, _ in pairs], "completion": [c for _, c in pairs]})
+    args = TRLSFTConfig(
+        output_dir=str(out_dir / "trl"), learning_rate=lr, num_train_epochs=epochs,
+        per_device_train_batch_size=batch_size, warmup_steps=warmup_ratio, weight_decay=weight_decay,
+        lr_scheduler_type="cosine", logging_steps=25, save_strategy="no", report_to=[], seed=seed,
+        max_length=max_length, completion_only_loss=True, use_cpu=True, dataloader_num_workers=0,
+        disable_tqdm=False, bf16=False, fp16=False,
+        # transformers 5.19's Qwen3-MoE load-balancing loss breaks on padded batches (shape mismatch between
+        # routing weights and the attention mask): the warm-up runs without the auxiliary loss.
+        router_aux_loss_coef=0.0,
+    )
+    trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tokenizer)
+    result = trainer.train()
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    metrics = dict(result.metrics)
+    metrics["final_loss"] = next((h["loss"] for h in reversed(trainer.state.log_history) if "loss" in h), None)
+    return metrics

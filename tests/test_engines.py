@@ -77,6 +77,17 @@ def test_greedy_vllm_matches_hf_token_for_token(vllm_engine, hf, tok):
     for a, b in zip(v, h, strict=True):
         assert a.response_ids == b.response_ids and a.finish == b.finish
         assert max(abs(x - y) for x, y in zip(a.rollout_logprobs, b.rollout_logprobs, strict=True)) < 1e-4
+    # vLLM refuses n > 1 for greedy; the engine repeats the one greedy sample instead.
+    twice = vllm_engine.generate(prompts[:2], SamplingConfig(n=2, temperature=0.0, max_tokens=8))
+    assert [t.response_ids for t in twice] == [v[0].response_ids[:8]] * 2 + [v[1].response_ids[:8]] * 2
+
+
+def test_responses_are_capped_at_max_model_len(vllm_engine, model_dir, tok):
+    prompt = Prompt("p", [tok.bos_token_id] + [5] * 249)  # 250 of the 256 tokens
+    hf = HFEngine(str(model_dir), tok, max_model_len=256)
+    for engine in (vllm_engine, hf):
+        (t,) = engine.generate([prompt], SamplingConfig(n=1, temperature=0.0, max_tokens=40))
+        assert len(t.response_ids) == 6 and t.finish == "length"
 
 
 @pytest.mark.parametrize("engine_name", ["vllm_engine", "hf"])

@@ -92,8 +92,9 @@ class HFEngine:
     def _generate_batch(self, prompts: list[Prompt], sampling: SamplingConfig, group_tag: str) -> list[Trajectory]:
         input_ids, attention = self._left_pad([p.prompt_ids for p in prompts])
         greedy = sampling.temperature == 0
+        limits = [self._limit(p, sampling) for p in prompts]
         out = self.model.generate(
-            input_ids=input_ids, attention_mask=attention, max_new_tokens=sampling.max_tokens,
+            input_ids=input_ids, attention_mask=attention, max_new_tokens=max(limits),
             do_sample=not greedy, temperature=None if greedy else sampling.temperature,
             # top_k=0 disables it explicitly; None would fall back to generation_config's default of 50.
             top_p=None if greedy else sampling.top_p, top_k=None if greedy else max(sampling.top_k, 0),
@@ -106,12 +107,18 @@ class HFEngine:
         picked = logprobs.gather(-1, new[:, : logprobs.shape[1], None])[..., 0]
         trajs = []
         for row, prompt in enumerate(prompts):
-            ids = new[row].tolist()
+            ids = new[row, : limits[row]].tolist()
             n, finish = self._cut(ids, sampling)
             text = self.tokenizer.decode(ids[:n], skip_special_tokens=True)
             trajs.append(make_trajectory(prompt, group_tag, ids[:n], picked[row, :n].tolist(), text, finish,
                                          self.version))
         return trajs
+
+    def _limit(self, prompt: Prompt, sampling: SamplingConfig) -> int:
+        """Response tokens allowed: ``max_tokens``, capped like vLLM so prompt + response fit max_model_len."""
+        if self.max_model_len is None:
+            return sampling.max_tokens
+        return min(sampling.max_tokens, self.max_model_len - len(prompt.prompt_ids))
 
     def _cut(self, ids: list[int], sampling: SamplingConfig) -> tuple[int, Finish]:
         """How many generated tokens the response keeps, and why it ended (EOS and stop string included)."""

@@ -101,8 +101,10 @@ class VLLMEngine:
         inputs = [{"prompt_token_ids": list(p.prompt_ids)} for p in prompts]
         outputs = self.llm.generate(inputs, params, use_tqdm=False)
         trajs: list[Trajectory] = []
+        # vLLM refuses n > 1 when greedy; greedy samples are identical, so one is repeated n times.
+        repeat = sampling.n if sampling.temperature == 0 else 1
         for prompt, out in zip(prompts, outputs, strict=True):
-            for comp in sorted(out.outputs, key=lambda c: c.index):
+            for comp in [c for c in sorted(out.outputs, key=lambda c: c.index) for _ in range(repeat)]:
                 ids = list(comp.token_ids)
                 lps = [step[tok].logprob for step, tok in zip(comp.logprobs, ids, strict=True)]
                 if comp.finish_reason not in ("stop", "length"):
@@ -115,7 +117,7 @@ class VLLMEngine:
         from vllm import SamplingParams
 
         return SamplingParams(
-            n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
+            n=1 if sampling.temperature == 0 else sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
             top_k=0 if sampling.top_k in (-1, 0) else sampling.top_k, max_tokens=sampling.max_tokens,
             stop=list(sampling.stop) or None, seed=seed, logprobs=0,
             # Keep the stop string in the text: response_text then always decodes from response_ids.

@@ -7,13 +7,13 @@ child inherits its parent's memory, and the program could read it (ctypes), so t
 the verdict live only in the caller (the trusted side); this process receives code and stdin, nothing else.
 
 Isolation, set up once at start when running as root (each step degrades to a warning otherwise):
-new mount, network and IPC namespaces (no network: only a down loopback); a chroot whose root is an empty
-read-only tmpfs with read-only binds of the system and Python directories only (so project files and data
-sets are invisible) and fresh size-capped tmpfs on /tmp and /dev/shm. Per program: a new PID namespace
-(killing its init, the program, kills every process it made, even after setsid/double fork), a dedicated
-unprivileged uid (cannot signal this process or its caller, cannot write outside /tmp), no_new_privs,
-rlimits (CPU, address space, file size, open files, processes, no core), a fresh work directory, and
-everything under /tmp and /dev/shm wiped afterwards.
+new mount, network and IPC namespaces (no network: only a down loopback; no SysV/POSIX IPC objects);
+a chroot whose root is an empty read-only tmpfs with read-only binds of the system and Python directories
+only (so project files and data sets are invisible) and fresh size-capped tmpfs on /tmp and /dev/shm.
+Per program: a new PID namespace (raw clone; killing its init, the program, kills every process it made,
+even after setsid/double fork), a dedicated unprivileged uid (cannot signal this process or its caller,
+cannot write outside /tmp), no_new_privs, rlimits (CPU, address space, file size, open files, processes,
+no core), a fresh work directory, and everything under /tmp and /dev/shm wiped afterwards.
 
 Protocol on fd ``sock`` (a Unix socket): 4-byte big-endian length + JSON, request then reply.
 ``{"op": "run", "code", "stdin", "limits"}`` -> ``{"exit", "signal", "timed_out", "stdout", "stderr", "cpu_s"}``.
@@ -46,6 +46,8 @@ PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS, PR_SET_CHILD_SUBREAPER = 1, 38, 36
 PRELOAD = ("typing", "collections", "itertools", "functools", "math", "re", "heapq", "bisect", "string",
            "random", "json", "fractions", "decimal", "statistics", "hashlib", "copy", "dataclasses", "io")
 LIBC = ctypes.CDLL(None, use_errno=True)
+LIBC.syscall.restype = ctypes.c_long
+SYS_CLONE = 56 if os.uname().machine == "x86_64" else 220  # x86_64 / aarch64
 
 
 def _check(ret: int, what: str) -> None:
@@ -87,6 +89,14 @@ def build_jail(tmp_mb: int, extra_ro: list[str]) -> list[str]:
     for flag, name in ((CLONE_NEWNS, "mount"), (CLONE_NEWNET, "net"), (CLONE_NEWIPC, "ipc")):
         if LIBC.unshare(flag) == 0:
             features.append(name)
+    if "ipc" in features:  # no SysV or POSIX IPC objects at all: nothing can outlive a run there
+        for knob, value in (("kernel/shmmni", "0"), ("kernel/msgmni", "0"), ("kernel/sem", "0 0 0 0"),
+                            ("fs/mqueue/queues_max", "0")):
+            try:
+                with open("/proc/sys/" + knob, "w") as f:
+                    f.write(value)
+            except OSError:
+                pass
     if "mount" not in features:
         return features
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
@@ -276,35 +286,17 @@ class Zygote:
         return status
 
     def _spawn(self, job: dict, workdir: str, ours, theirs) -> int:
-        """Fork the jailed child; with PID namespaces, via a helper that unshares one and exits.
-
-        A process may create only one PID namespace for its children (the next unshare fails), so a short-lived
-        helper does it each time; the child, the new namespace's init, is re-parented to us (subreaper).
-        """
-        r, w = os.pipe()
-        helper = os.fork()
-        if helper == 0:
-            try:
-                os.close(r)
-                self.sock.close()
-                if ours is not None:
-                    ours.close()
-                if "pid" in self.features:
-                    _check(LIBC.unshare(CLONE_NEWPID | (CLONE_NEWIPC if "ipc" in self.features else 0)), "unshare")
-                pid = os.fork()
-                if pid == 0:
-                    os.close(w)
-                    _child(job, workdir, self.uid, theirs.fileno() if theirs is not None else -1)
-                os.write(w, struct.pack("!i", pid))
-            finally:
-                os._exit(0)
-        os.close(w)
-        os.waitpid(helper, 0)
-        data = os.read(r, 4)
-        os.close(r)
-        if len(data) != 4:
-            raise OSError("the sandbox helper failed to fork the program")
-        return struct.unpack("!i", data)[0]
+        """Fork the jailed child as the init of a new PID namespace (raw ``clone``: one fork, no helper)."""
+        flags = CLONE_NEWPID if "pid" in self.features else 0
+        pid = LIBC.syscall(SYS_CLONE, flags | signal.SIGCHLD, 0, 0, 0, 0) if flags else os.fork()
+        if pid < 0:
+            raise OSError(ctypes.get_errno(), "clone failed")
+        if pid == 0:
+            self.sock.close()
+            if ours is not None:
+                ours.close()
+            _child(job, workdir, self.uid, theirs.fileno() if theirs is not None else -1)
+        return pid
 
     def _wait(self, pid: int, wall_s: float, watch_caller: bool) -> dict:
         pidfd = os.pidfd_open(pid)

@@ -61,7 +61,7 @@ class Registry(Generic[T]):
         """Decorator: ``@REG.register("name")``. Extra ``attrs`` are set on the object (e.g. ``per_group``)."""
 
         def deco(obj: T) -> T:
-            key = name or getattr(obj, "__name__")
+            key = name or obj.__name__
             if key in self._items and self._items[key] is not obj:
                 raise KeyError(f"{self.kind} '{key}' is already registered")
             for k, v in attrs.items():

@@ -91,6 +91,7 @@ class RLConfig:
     kl_estimator: Literal["k1", "k2", "k3"] = "k3"
     entropy_coef: float = 0.0
     tis_cap: float | None = None  # truncated importance sampling cap against engine logprobs
+    reset_optimizer: bool = False  # clear optimizer state every iteration (k1.5; the k15 loss asks for it)
     checkpoint_every: int = 0  # 0: only the final checkpoint
 
 
@@ -120,4 +121,5 @@ class Recipe:
         if self.rollout.n < 1 or self.rl.prompts_per_step < 1:
             raise ValueError("rollout.n and rl.prompts_per_step must be >= 1")
         if self.eval.num_problems > self.data.num_heldout and self.data.task == "arith":
-            raise ValueError(f"eval.num_problems ({self.eval.num_problems}) > data.num_heldout ({self.data.num_heldout})")
+            raise ValueError(f"eval.num_problems ({self.eval.num_problems}) > "
+                             f"data.num_heldout ({self.data.num_heldout})")

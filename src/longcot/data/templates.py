@@ -14,4 +14,5 @@ def render_prompt(template: str, row: dict, tokenizer=None) -> str:
     try:
         return template.format(**row)
     except KeyError as e:
-        raise KeyError(f"prompt template {template!r} uses column {e} that the row lacks; columns: {sorted(row)}") from e
+        raise KeyError(f"prompt template {template!r} uses column {e} that the row lacks; "
+                       f"columns: {sorted(row)}") from e

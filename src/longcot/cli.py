@@ -1,0 +1,93 @@
+"""``longcot`` command line: train | eval | score | report | rewards list.
+
+Each subcommand lives in the module that owns it; this file only dispatches, so ``longcot --help`` stays
+fast (no torch import).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+USAGE = """longcot <command> [args]
+
+commands:
+  train RECIPE [key=value ...]   run a training recipe (build -> SFT -> RL -> eval) into runs/<name>/
+  eval RECIPE [key=value ...]    AIME-style evaluation (or --responses FILE to re-score generations)
+  score --data F --rewards N     grade existing generations with registered rewards
+  report RUN_DIR                 summarise a run: evals, time breakdown per step, curves
+  rewards list                   list registered reward functions
+"""
+
+
+def train_main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="longcot train", description="Run a training recipe.")
+    ap.add_argument("recipe", help="path to a recipe YAML (recipes/tiny/arith-moe.yaml)")
+    ap.add_argument("overrides", nargs="*", help="key=value overrides, e.g. rl.steps=10 seed=1")
+    ap.add_argument("--dry-run", action="store_true", help="validate and print the resolved recipe, then exit")
+    ns = ap.parse_args(argv)
+    from longcot.config import ConfigError, load_recipe, to_dict
+
+    try:
+        recipe = load_recipe(ns.recipe, ns.overrides)
+    except (ConfigError, KeyError) as e:
+        print(f"longcot train: {e}", file=sys.stderr)
+        return 2
+    if ns.dry_run:
+        import yaml
+
+        print(yaml.safe_dump(to_dict(recipe), sort_keys=False))
+        return 0
+    from longcot.pipeline import train
+
+    summary = train(recipe)
+    ev = summary.get("eval", {})
+    for stage in ("after_sft", "after_rl"):
+        if stage in ev:
+            print(f"{stage}: accuracy {ev[stage]['accuracy']:.3f} (n={ev[stage]['n']})")
+    print(f"run directory: {recipe.out_dir}/{recipe.name}")
+    return 0
+
+
+def _dispatch(cmd: str, rest: list[str]) -> int:
+    if cmd == "train":
+        return train_main(rest)
+    if cmd == "eval":
+        from longcot.eval.cli import main as eval_main
+
+        return eval_main(rest)
+    if cmd == "score":
+        from longcot.rewards.cli import score_main
+
+        return score_main(rest)
+    if cmd == "report":
+        from longcot.report import main as report_main
+
+        return report_main(rest)
+    if cmd == "rewards":
+        if rest[:1] != ["list"]:
+            print("usage: longcot rewards list", file=sys.stderr)
+            return 2
+        from longcot.rewards.cli import list_main
+
+        return list_main(rest[1:])
+    from longcot.registry import did_you_mean
+
+    print(f"longcot: unknown command '{cmd}'{did_you_mean(cmd, ['train', 'eval', 'score', 'report', 'rewards'])}\n"
+          f"\n{USAGE}", file=sys.stderr)
+    return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0 if argv else 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    return _dispatch(argv[0], argv[1:])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,176 @@
+"""``longcot train``: build -> SFT warm-up -> RL -> eval, as a recipe says, into ``runs/<name>/``.
+
+The run directory is written as the run goes (config first, a metrics row per step, checkpoints, the
+summary after each stage), so a crash loses at most the current step.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+from pathlib import Path
+
+import torch
+import yaml
+from tqdm.auto import tqdm
+
+from longcot.config import Recipe, to_dict
+from longcot.data import Task, build_task
+from longcot.data.samplers import make_sampler
+from longcot.eval.evaluate import evaluate
+from longcot.eval.grading import make_grader
+from longcot.policies.build import build_tiny_moe
+from longcot.policies.load import load_policy, load_tokenizer
+from longcot.rollout import build_engine
+from longcot.rollout.base import SamplingConfig
+
+log = logging.getLogger(__name__)
+
+
+class RunDir:
+    """``runs/<name>/``: config.yaml, metrics.jsonl, checkpoints/, eval/, curves.png, summary.json."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.metrics_path = self.root / "metrics.jsonl"
+        self.summary: dict = {}
+
+    def write_config(self, recipe: Recipe) -> None:
+        (self.root / "config.yaml").write_text(yaml.safe_dump(to_dict(recipe), sort_keys=False))
+
+    def log_metrics(self, row: dict) -> None:
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def update_summary(self, **parts) -> None:
+        for k, v in parts.items():
+            if isinstance(v, dict) and isinstance(self.summary.get(k), dict):
+                self.summary[k].update(v)
+            else:
+                self.summary[k] = v
+        (self.root / "summary.json").write_text(json.dumps(self.summary, indent=2))
+
+    def checkpoint(self, name: str) -> Path:
+        return self.root / "checkpoints" / name
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def heldout_eval(engine, tokenizer, task: Task, recipe: Recipe, out_dir: Path) -> dict:
+    """Greedy (by default) accuracy on the first ``eval.num_problems`` held-out problems."""
+    rows = task.heldout[: recipe.eval.num_problems]
+    prompts = [task.prompt(r, tokenizer) for r in rows]
+    sampling = SamplingConfig(n=1, temperature=recipe.eval.temperature, max_tokens=recipe.eval.max_tokens,
+                              seed=recipe.seed)
+    summary = evaluate(engine, tokenizer, prompts, sampling, make_grader("math"), out_dir, ks=[1])
+    m = summary["metrics"]
+    return {"accuracy": m["avg@1"], "n": len(rows), "response_len_mean": m.get("length/mean"),
+            "tokens_per_s": m.get("tokens_per_s")}
+
+
+def prepare_model(recipe: Recipe, run: RunDir) -> str:
+    """The initial policy path: the recipe's model, or the tiny MoE built into ``init/``."""
+    if recipe.model.path:
+        return recipe.model.path
+    path = run.root / "init"
+    if not (path / "config.json").is_file():
+        build_tiny_moe(path, seed=recipe.model.build_seed, **recipe.model.build_overrides)
+    return str(path)
+
+
+def run_sft_stage(recipe: Recipe, model, tokenizer, task: Task, run: RunDir) -> str:
+    from longcot.rl.sft import run_sft
+
+    rows = task.train[: recipe.sft.num_examples]
+    pairs = [(task.prompt(r, tokenizer).prompt_text, r["solution"]) for r in rows]
+    out = run.checkpoint("sft")
+    metrics = run_sft(model, tokenizer, pairs, out, lr=recipe.sft.lr, epochs=recipe.sft.epochs,
+                      batch_size=recipe.sft.batch_size, warmup_ratio=recipe.sft.warmup_ratio,
+                      weight_decay=recipe.sft.weight_decay, seed=recipe.seed)
+    run.update_summary(sft={"examples": len(pairs), **metrics})
+    return str(out)
+
+
+def make_prompt_source(recipe: Recipe, task: Task, tokenizer):
+    """``next_prompts(step)`` from the recipe's sampler, and the callback that feeds it success rates."""
+    sampler = make_sampler(recipe.data.sampler, task.train, seed=recipe.seed, **recipe.data.sampler_options)
+
+    def next_prompts(step: int):
+        return [task.prompt(task.train[i], tokenizer) for i in sampler.sample(recipe.rl.prompts_per_step)]
+
+    def on_results(trajs) -> None:
+        sampler.update([t.prompt_id for t in trajs], [t.rewards.get("math", t.reward) > 0 for t in trajs])
+
+    return next_prompts, on_results
+
+
+def train(recipe: Recipe) -> dict:
+    """Run a recipe end to end; returns the summary (also written to ``summary.json``)."""
+    from longcot.rl.trainer import RLTrainer
+
+    if recipe.threads:
+        torch.set_num_threads(recipe.threads)
+    seed_everything(recipe.seed)
+    run = RunDir(Path(recipe.out_dir) / recipe.name)
+    if run.metrics_path.exists():
+        run.metrics_path.unlink()
+    run.write_config(recipe)
+    policy_path = prepare_model(recipe, run)
+    tokenizer = load_tokenizer(policy_path)
+    model = load_policy(policy_path, recipe.model.dtype)
+    task = build_task(recipe.data)
+    run.update_summary(run={"name": recipe.name, "seed": recipe.seed, "policy": policy_path,
+                            "train_problems": len(task.train), "heldout_problems": len(task.heldout)})
+    if recipe.sft.enabled:
+        policy_path = run_sft_stage(recipe, model, tokenizer, task, run)
+    max_len = max(recipe.rollout.max_model_len, max(len(task.prompt(r, tokenizer).prompt_ids) for r in task.heldout)
+                  + max(recipe.rollout.max_tokens, recipe.eval.max_tokens))
+    engine = build_engine(recipe.rollout.engine, policy_path, tokenizer, max_model_len=max_len, seed=recipe.seed,
+                          **recipe.rollout.engine_options)
+    try:
+        after_sft = heldout_eval(engine, tokenizer, task, recipe, run.root / "eval" / "after_sft")
+        run.update_summary(eval={"after_sft": after_sft})
+        log.info("held-out accuracy after SFT: %.3f", after_sft["accuracy"])
+        if recipe.rl.enabled and recipe.rl.steps > 0:
+            next_prompts, on_results = make_prompt_source(recipe, task, tokenizer)
+            trainer = RLTrainer(model, tokenizer, engine, recipe, next_prompts, on_results)
+            rl_loop(trainer, recipe, run, task, tokenizer)
+            after_rl = heldout_eval(engine, tokenizer, task, recipe, run.root / "eval" / "after_rl")
+            run.update_summary(eval={"after_rl": after_rl})
+            log.info("held-out accuracy after RL: %.3f", after_rl["accuracy"])
+    finally:
+        if hasattr(engine, "shutdown"):
+            engine.shutdown()
+    from longcot.report import plot_curves
+
+    plot_curves(run.metrics_path, run.root / "curves.png")
+    return run.summary
+
+
+def rl_loop(trainer, recipe: Recipe, run: RunDir, task: Task, tokenizer) -> None:
+    """The RL steps with a progress bar, metrics rows, periodic eval and checkpoints."""
+    bar = tqdm(range(recipe.rl.steps), desc="rl", unit="step", dynamic_ncols=True,
+               disable=os.environ.get("LONGCOT_NO_PROGRESS") == "1")
+    for step in bar:
+        row, _ = trainer.step(step)
+        if recipe.eval.every and (step + 1) % recipe.eval.every == 0 and step + 1 < recipe.rl.steps:
+            ev = heldout_eval(trainer.engine, tokenizer, task, recipe, run.root / "eval" / f"step_{step + 1:06d}")
+            row["eval/accuracy"] = ev["accuracy"]
+        run.log_metrics(row)
+        bar.set_postfix(reward=f"{row['reward_mean']:.3f}", acc=f"{row['accuracy']:.3f}",
+                        len=f"{row['response_len_mean']:.0f}")
+        if recipe.rl.checkpoint_every and (step + 1) % recipe.rl.checkpoint_every == 0:
+            save_checkpoint(trainer, tokenizer, run.checkpoint(f"step-{step + 1:06d}"))
+    save_checkpoint(trainer, tokenizer, run.checkpoint("final"))
+
+
+def save_checkpoint(trainer, tokenizer, path: Path) -> None:
+    """HF-format weights + tokenizer (loadable by vLLM, transformers and ``longcot eval``)."""
+    trainer.accelerator.unwrap_model(trainer.model).save_pretrained(path)
+    tokenizer.save_pretrained(path)

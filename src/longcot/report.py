@@ -1,0 +1,105 @@
+"""Read a run directory back: training curves (PNG) and a text summary with the time breakdown.
+
+``longcot report RUN_DIR`` prints where the seconds of an RL step go (median over steps, and the share
+of each phase), the first and last metrics, and the held-out evaluations from ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+CURVES = (("reward_mean", "reward"), ("accuracy", "train accuracy"), ("response_len_mean", "response length"))
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    path = Path(path)
+    if not path.is_file():
+        return []
+    rows = []
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{i}: not a JSON row ({e})") from e
+    return rows
+
+
+def plot_curves(metrics_path: str | Path, out_png: str | Path) -> Path | None:
+    """Reward, accuracy and response length per RL step (and held-out accuracy when logged)."""
+    rows = read_metrics(metrics_path)
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(CURVES), figsize=(4.2 * len(CURVES), 3.2))
+    steps = [r["step"] for r in rows]
+    for ax, (key, title) in zip(axes, CURVES, strict=True):
+        ax.plot(steps, [r.get(key) for r in rows], lw=1.2)
+        if key == "accuracy" and any("eval/accuracy" in r for r in rows):
+            ev = [(r["step"], r["eval/accuracy"]) for r in rows if "eval/accuracy" in r]
+            ax.plot(*zip(*ev, strict=True), "o-", label="held-out")
+            ax.legend()
+        ax.set_title(title)
+        ax.set_xlabel("RL step")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    return Path(out_png)
+
+
+def time_breakdown(rows: list[dict]) -> dict[str, dict[str, float]]:
+    """Median seconds per phase over steps, and each phase's share of the median step time."""
+    phases = sorted({k for r in rows for k in r if k.startswith("time/")})
+    out = {}
+    total = statistics.median(r["step_seconds"] for r in rows)
+    for p in phases:
+        med = statistics.median(r.get(p, 0.0) for r in rows)
+        out[p.removeprefix("time/")] = {"median_s": med, "share": med / total if total else 0.0}
+    out["step"] = {"median_s": total, "share": 1.0}
+    return out
+
+
+def render(run_dir: str | Path) -> str:
+    run_dir = Path(run_dir)
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    lines = [f"run: {run_dir}"]
+    summary_path = run_dir / "summary.json"
+    if summary_path.is_file():
+        summary = json.loads(summary_path.read_text())
+        for stage, ev in summary.get("eval", {}).items():
+            lines.append(f"eval {stage:>10}: accuracy {ev['accuracy']:.3f} on {ev['n']} held-out problems")
+    if rows:
+        lines.append(f"RL steps: {len(rows)}")
+        lines.append("time per step (median over steps):")
+        for phase, v in time_breakdown(rows).items():
+            lines.append(f"  {phase:<18} {v['median_s']:8.3f} s  {100 * v['share']:5.1f}%")
+        for label, r in (("first", rows[0]), ("last", rows[-1])):
+            lines.append(f"{label} step: reward {r['reward_mean']:.3f}  acc {r['accuracy']:.3f}  "
+                         f"len {r['response_len_mean']:.1f}  tokens/s {r.get('tokens_per_s', 0):.0f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="longcot report", description="Summarise a run directory.")
+    ap.add_argument("run_dir")
+    ap.add_argument("--sample", help="render one agent tree of this sample id (parallel-agent runs)")
+    ns = ap.parse_args(argv)
+    if not Path(ns.run_dir).is_dir():
+        ap.error(f"no such run directory: {ns.run_dir}")
+    if ns.sample:
+        try:
+            from longcot.rollout.agents_report import render_sample
+        except ImportError:
+            ap.error("--sample needs a parallel-agent run (longcot.rollout.agents_report is not available)")
+        print(render_sample(ns.run_dir, ns.sample))
+        return 0
+    print(render(ns.run_dir))
+    return 0

@@ -35,7 +35,7 @@ def run(adv_name: str, loss_name: str, opts: dict, agg: str, steps: int = 25, se
                  for i, (s, o) in enumerate(zip(seqs, old, strict=True))]
         assign_advantages(trajs, adv_name)
         adv = torch.tensor([t.advantage for t in trajs], dtype=torch.float64).unsqueeze(-1).expand(-1, 3)
-        if resets_optimizer(loss_name, opts):
+        if resets_optimizer(loss_name):
             opt = torch.optim.Adam([logits], lr=0.1)
         for _ in range(4):
             lp = torch.log_softmax(logits, -1)[torch.arange(3), seqs]

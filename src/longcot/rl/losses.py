@@ -6,7 +6,8 @@ token mask, all [B, T]) plus its own keyword options from the recipe, and return
 the trainer only ever calls :func:`policy_loss`, so it knows nothing about which loss it runs.
 
 Registered: ppo_clip (GRPO/DAPO), gspo, cispo, k15, k25. Formulas: docs/algorithms.md. Attributes a loss may
-carry for the trainer: ``reset_optimizer_each_iteration`` (k15/k25; see :func:`resets_optimizer`) and
+carry for the trainer: ``reset_optimizer`` (k15/k25: clear the optimizer state each iteration; see
+:func:`resets_optimizer`) and
 ``recommended_agg`` (the aggregation its paper uses; informational).
 """
 
@@ -164,8 +165,8 @@ def _mirror_descent(b: LossBatch, tau: float, level: str, logprobs: torch.Tensor
     return pg + reg, metrics
 
 
-@LOSSES.register("k15", reset_optimizer_each_iteration=True, recommended_agg="seq-mean-token-sum")
-def k15(b: LossBatch, tau: float = 0.1, level: str = "sequence", reset_optimizer: bool = True):
+@LOSSES.register("k15", reset_optimizer=True, recommended_agg="seq-mean-token-sum")
+def k15(b: LossBatch, tau: float = 0.1, level: str = "sequence"):
     """Kimi k1.5 online mirror descent. Per sample: -(r - r_bar) log pi(y) + (tau/2) (log pi(y)/pi_old(y))^2,
     whose gradient, averaged over the k samples of a group (aggregation seq-mean-token-sum), is the paper's
     (1/k) sum_j [grad log pi(y_j)(r_j - r_bar) - (tau/2) grad (log pi(y_j)/pi_old(y_j))^2], negated.
@@ -173,15 +174,15 @@ def k15(b: LossBatch, tau: float = 0.1, level: str = "sequence", reset_optimizer
     pi_old is ``b.old_logprobs``: the policy at the start of the iteration (the mirror-descent reference,
     which moves every iteration). Advantages must be r - r_bar (the ``k15`` estimator). ``level="sequence"``
     squares the sequence log-ratio (the paper); ``"token"`` sums squared per-token log-ratios (K2-style).
-    ``reset_optimizer`` is read by the trainer (:func:`resets_optimizer`): k1.5 resets the optimizer state
-    each iteration; the loss itself ignores it.
+    The ``reset_optimizer`` attribute tells the trainer to clear the optimizer state each iteration (k1.5).
+    With one update per iteration pi = pi_old and the squared term vanishes: use ``rl.updates_per_step > 1``.
     """
     return _mirror_descent(b, tau, level, b.logprobs)
 
 
-@LOSSES.register("k25", reset_optimizer_each_iteration=True, recommended_agg="seq-mean-token-sum")
+@LOSSES.register("k25", reset_optimizer=True, recommended_agg="seq-mean-token-sum")
 def k25(b: LossBatch, tau: float = 0.1, alpha: float = -math.log(2.0), beta: float = math.log(2.0),
-        level: str = "token", reset_optimizer: bool = True):
+        level: str = "token"):
     """Kimi K2.5: k15 plus a gradient mask: tokens whose log-ratio log(pi/pi_old) leaves [alpha, beta] get no
     gradient (neither the policy-gradient nor the squared term), so stale or mismatched tokens cannot
     dominate an off-policy update. Default range: ratio in [0.5, 2] (our choice; tune per run)."""
@@ -195,12 +196,10 @@ def k25(b: LossBatch, tau: float = 0.1, alpha: float = -math.log(2.0), beta: flo
     return loss, metrics
 
 
-def resets_optimizer(name: str, options: dict | None = None) -> bool:
-    """Whether the trainer should reset the optimizer state at the start of each iteration for this loss:
-    the recipe's ``reset_optimizer`` option if given, else the loss's ``reset_optimizer_each_iteration``."""
-    fn = LOSSES.get(name)
-    default = bool(getattr(fn, "reset_optimizer_each_iteration", False))
-    return bool((options or {}).get("reset_optimizer", default))
+def resets_optimizer(name: str) -> bool:
+    """Whether this loss asks the trainer to reset the optimizer state at the start of each iteration (the
+    loss's ``reset_optimizer`` attribute; k15/k25). The recipe's ``rl.reset_optimizer`` forces it for any loss."""
+    return bool(getattr(LOSSES.get(name), "reset_optimizer", False))
 
 
 def _tis(b: LossBatch, per_token: torch.Tensor, cap: float, metrics: dict) -> torch.Tensor:

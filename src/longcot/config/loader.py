@@ -61,6 +61,10 @@ class Source:
 
 
 def deep_merge(base: dict, top: dict) -> dict:
+    """``top`` over ``base``, recursively. A mapping that names a different registered function (``name:``) than
+    the base replaces it whole: the base's options belong to the other function (e.g. ppo_clip's clip_low)."""
+    if "name" in top and "name" in base and top["name"] != base["name"]:
+        return dict(top)
     out = dict(base)
     for k, v in top.items():
         out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v

@@ -56,8 +56,12 @@ def collate(trajs: list[Trajectory], pad_id: int) -> TokenBatch:
     return TokenBatch(input_ids, attn, start, mask, adv, roll)
 
 
-def response_logprobs(model, b: TokenBatch, with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+def response_logprobs(model, b: TokenBatch, with_entropy: bool = False,
+                      temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs [B, T] of each response token under ``model`` (and the entropy of each position).
+
+    Logits are divided by the sampling ``temperature``: the engine reports log-probs of the distribution it
+    sampled from, and the policy gradient is taken through that same distribution.
 
     Only the response positions are put through log-softmax, and the logits are sliced before the
     vocabulary-sized float work, which is what dominates memory for real vocabularies.
@@ -68,6 +72,8 @@ def response_logprobs(model, b: TokenBatch, with_entropy: bool = False) -> tuple
     # Position j predicts token j+1: response token k of row i is predicted at start_i + k - 1.
     pos = (b.response_start.unsqueeze(1) - 1 + torch.arange(T).unsqueeze(0)).clamp(max=logits.shape[1] - 1)
     resp_logits = logits.gather(1, pos.unsqueeze(-1).expand(B, T, logits.shape[-1])).float()
+    if temperature > 0 and temperature != 1.0:
+        resp_logits = resp_logits / temperature
     targets = b.input_ids.gather(1, (pos + 1).clamp(max=b.input_ids.shape[1] - 1))
     logp_all = F.log_softmax(resp_logits, dim=-1)
     logp = logp_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1) * (b.mask > 0)

@@ -72,6 +72,7 @@ class RLTrainer:
             self.ref_model = copy.deepcopy(model).eval().requires_grad_(False)
         self.model, self.optimizer = self.accelerator.prepare(model, self._new_optimizer(model))
         self.version = 0
+        self.temperature = recipe.rollout.temperature
 
     def _new_optimizer(self, model) -> torch.optim.Optimizer:
         return torch.optim.AdamW(model.parameters(), lr=self.rl.lr, betas=tuple(self.rl.betas),
@@ -115,9 +116,9 @@ class RLTrainer:
             with timer.phase("logprob_recompute"), torch.no_grad():
                 for c in chunks:
                     if rl.updates_per_step > 1:
-                        c.old_logprobs = response_logprobs(self.model, c)[0]
+                        c.old_logprobs = response_logprobs(self.model, c, temperature=self.temperature)[0]
                     if self.ref_model is not None:
-                        c.ref_logprobs = response_logprobs(self.ref_model, c)[0]
+                        c.ref_logprobs = response_logprobs(self.ref_model, c, temperature=self.temperature)[0]
         if getattr(self.loss_fn, "reset_optimizer", False) or rl.reset_optimizer:
             self.optimizer.state.clear()  # k1.5: each iteration is a fresh mirror-descent problem
         sums: dict[str, float] = {}
@@ -139,7 +140,7 @@ class RLTrainer:
 
     def _micro_step(self, c: TokenBatch, total_tokens: float, total_seqs: float, first: bool) -> dict:
         rl = self.rl
-        logp, entropy = response_logprobs(self.model, c, with_entropy=True)
+        logp, entropy = response_logprobs(self.model, c, with_entropy=True, temperature=self.temperature)
         old = c.old_logprobs if c.old_logprobs is not None else logp.detach()
         batch = LossBatch(logprobs=logp, old_logprobs=old, advantages=c.advantages, mask=c.mask,
                           ref_logprobs=c.ref_logprobs, rollout_logprobs=c.rollout_logprobs,

@@ -40,7 +40,7 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
 def tiny_moe_config(vocab_size: int, **overrides) -> Qwen3MoeConfig:
     """Qwen3-MoE at toy size: hidden 128, 4 layers, 8 experts top-2 (about 3.4M parameters)."""
     cfg = dict(
-        vocab_size=vocab_size, hidden_size=128, intermediate_size=256, moe_intermediate_size=64,
+        vocab_size=vocab_size, hidden_size=128, intermediate_size=256, moe_intermediate_size=256,
         num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
         num_experts=8, num_experts_per_tok=2, decoder_sparse_step=1, norm_topk_prob=True,
         max_position_embeddings=2048, rope_theta=10000.0, tie_word_embeddings=False,

@@ -1,0 +1,43 @@
+"""A few-step ``longcot train`` run, end to end: build -> SFT -> vLLM rollouts -> GRPO -> eval -> report."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from longcot.cli import main as cli_main
+from longcot.policies.load import load_policy
+
+ROOT = Path(__file__).resolve().parents[1]
+METRIC_KEYS = {"reward_mean", "accuracy", "response_len_mean", "response_len_max", "clip_frac", "entropy",
+               "grad_norm", "step_seconds", "tokens_per_s", "logprob_gap", "time/generate", "time/reward",
+               "time/forward_backward", "time/optimizer", "time/weight_sync"}
+
+
+@pytest.mark.slow
+def test_few_step_training_run_writes_everything(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("LONGCOT_NO_PROGRESS", "1")
+    rc = cli_main(["train", str(ROOT / "recipes/tiny/arith-moe.yaml"), f"out_dir={tmp_path}", "name=e2e",
+                   "sft.num_examples=256", "rl.steps=3", "rl.prompts_per_step=4", "rollout.n=4",
+                   "eval.num_problems=16", "data.num_train=400", "data.num_heldout=32", "rl.kl_coef=0.01"])
+    assert rc == 0
+    run = tmp_path / "e2e"
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1, 2]
+    for r in rows:
+        assert METRIC_KEYS <= set(r), METRIC_KEYS - set(r)
+        assert "kl" in r and r["response_tokens"] > 0
+        parts = sum(v for k, v in r.items() if k.startswith("time/"))
+        assert abs(parts - r["step_seconds"]) <= 0.05 * r["step_seconds"]
+        # on-policy: vLLM and the trainer agree on the sampled tokens' log-probs
+        assert r["logprob_gap"] < 1e-3
+    summary = json.loads((run / "summary.json").read_text())
+    for stage in ("after_sft", "after_rl"):
+        assert summary["eval"][stage]["n"] == 16 and 0.0 <= summary["eval"][stage]["accuracy"] <= 1.0
+    assert (run / "config.yaml").is_file() and (run / "curves.png").stat().st_size > 1000
+    assert load_policy(run / "checkpoints" / "final").config.num_experts == 8
+    assert (run / "eval" / "after_rl" / "samples.jsonl").is_file()
+    capsys.readouterr()
+    assert cli_main(["report", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "generate" in out and "after_rl" in out

@@ -60,14 +60,15 @@ class Source:
         return "<defaults>"
 
 
-def deep_merge(base: dict, top: dict) -> dict:
-    """``top`` over ``base``, recursively. A mapping that names a different registered function (``name:``) than
-    the base replaces it whole: the base's options belong to the other function (e.g. ppo_clip's clip_low)."""
-    if "name" in top and "name" in base and top["name"] != base["name"]:
+def deep_merge(base: dict, top: dict, _nested: bool = False) -> dict:
+    """``top`` over ``base``, recursively. A nested function reference (``{name, options}``, e.g. ``rl.loss``) that
+    names a different function than the base replaces it whole: the base's options belong to the other function
+    (ppo_clip's clip_low must not reach k15). The recipe's own top-level ``name`` is an ordinary key."""
+    if _nested and "options" in base and top.get("name", base.get("name")) != base.get("name"):
         return dict(top)
     out = dict(base)
     for k, v in top.items():
-        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = deep_merge(out[k], v, True) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 

@@ -38,6 +38,7 @@ class DataConfig:
     seed: int = 0
     sampler: str = "uniform"
     sampler_options: dict[str, Any] = field(default_factory=dict)
+    task_options: dict[str, Any] = field(default_factory=dict)  # extra options of a task (compound: parts, ...)
 
 
 @dataclass
@@ -104,6 +105,71 @@ class EvalConfig:
 
 
 @dataclass
+class AgentsConfig:
+    """Parallel-agent rollouts (docs/agents.md): the policy orchestrates sub-agents. Off by default."""
+
+    enabled: bool = False
+    max_rounds: int = 3  # spawn-and-wait rounds per sample; then one last turn to answer
+    max_subagents_per_round: int = 16  # per orchestrator sample; extra directives get an error observation
+    schedule: Literal["dependency", "sequential"] = "dependency"  # sequential: one sub-agent per engine call
+    vote_k: int = 1  # k samples per sub-agent, majority answer
+    subagent_policy: Literal["shared", "frozen"] = "shared"  # frozen: a fixed checkpoint answers (K2.5)
+    frozen_path: str = ""  # frozen sub-agents' checkpoint; empty: the policy RL starts from
+    frozen_engine: Literal["vllm", "hf"] = "hf"
+    train_subagents: bool = False  # also train on sub-agent tokens (default: orchestrator tokens only)
+    subagent_template: str = "Q: {task}\n"
+    subagent_max_tokens: int = 128
+    subagent_temperature: float | None = None  # None: the rollout temperature
+    max_answer_chars: int = 32
+    max_total_tokens: int = 0  # cap on an orchestrator's whole response (0: only max_model_len)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_subagents_per_round <= 4096:
+            raise ValueError(f"agents.max_subagents_per_round must be in [1, 4096], got {self.max_subagents_per_round}")
+        if self.max_rounds < 0 or self.vote_k < 1 or self.subagent_max_tokens < 1:
+            raise ValueError("agents.max_rounds must be >= 0, agents.vote_k and agents.subagent_max_tokens >= 1")
+        if "{task}" not in self.subagent_template:
+            raise ValueError(f"agents.subagent_template must contain '{{task}}', got {self.subagent_template!r}")
+
+
+@dataclass
+class RepetitionConfig:
+    """End a response early when its tail is a loop: one block of at most ``max_period`` tokens repeated at
+    least ``min_repeats`` times in a row, covering at least ``min_span`` tokens (``finish="repeat"``)."""
+
+    enabled: bool = False
+    max_period: int = 32
+    min_repeats: int = 4
+    min_span: int = 32
+    chunk_tokens: int = 0  # check every N generated tokens (0: once per iteration's segment)
+
+    def __post_init__(self) -> None:
+        if self.max_period < 1 or self.min_repeats < 2 or self.min_span < 2 or self.chunk_tokens < 0:
+            raise ValueError("repetition: need max_period >= 1, min_repeats >= 2, min_span >= 2, chunk_tokens >= 0 "
+                             f"(got {self.max_period}, {self.min_repeats}, {self.min_span}, {self.chunk_tokens})")
+
+
+@dataclass
+class PartialConfig:
+    """Partial rollouts (Kimi k1.5; docs/partial_rollouts.md): each trajectory generates at most ``token_budget``
+    tokens per iteration; unfinished ones are carried over and continued by the next policy, token-exactly."""
+
+    enabled: bool = False
+    token_budget: int = 64  # new tokens per trajectory per iteration (the total stays rollout.max_tokens)
+    train_segments: Literal["all", "current"] = "all"  # all: older segments IS-corrected via rl.tis_cap
+    max_staleness: int | None = None  # versions an unfinished trajectory may lag behind; None: no cap
+    on_stale: Literal["drop", "restart"] = "restart"  # drop its whole group, or regenerate it from the prompt
+    exact_resume: bool = True  # vLLM on CPU: a continued sample equals an uninterrupted one with the same seed
+    repetition: RepetitionConfig = field(default_factory=RepetitionConfig)
+
+    def __post_init__(self) -> None:
+        if self.token_budget < 1:
+            raise ValueError(f"partial.token_budget must be >= 1, got {self.token_budget}")
+        if self.max_staleness is not None and self.max_staleness < 0:
+            raise ValueError(f"partial.max_staleness must be >= 0 or null, got {self.max_staleness}")
+
+
+@dataclass
 class Recipe:
     name: str = "run"
     seed: int = 0
@@ -116,10 +182,15 @@ class Recipe:
     rewards: list[RewardSpec] = field(default_factory=lambda: [RewardSpec("math")])
     rl: RLConfig = field(default_factory=RLConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    partial: PartialConfig = field(default_factory=PartialConfig)
+    agents: AgentsConfig = field(default_factory=AgentsConfig)
 
     def __post_init__(self) -> None:
         if self.rollout.n < 1 or self.rl.prompts_per_step < 1:
             raise ValueError("rollout.n and rl.prompts_per_step must be >= 1")
+        if self.partial.enabled and self.partial.train_segments == "all" and self.rl.tis_cap is None:
+            raise ValueError("partial.train_segments=all trains on tokens from older policies: set rl.tis_cap "
+                             "(importance correction, e.g. 2.0) or partial.train_segments=current")
         if self.eval.num_problems > self.data.num_heldout and self.data.task == "arith":
             raise ValueError(f"eval.num_problems ({self.eval.num_problems}) > "
                              f"data.num_heldout ({self.data.num_heldout})")

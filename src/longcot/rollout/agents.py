@@ -308,7 +308,8 @@ class AgentEngine:
             response_text="".join(p["text"] for p in s.pieces), prompt_text=s.prompt.prompt_text,
             segments=list(s.segments), loss_mask=list(s.mask),
             agent=AgentInfo("orchestrator", None, 0, summary["critical_steps"]),
-            meta={**s.prompt.meta, "agents": summary},
+            meta={**s.prompt.meta,
+                  "agents": {**summary, "spans": [(p["kind"], p["start"], p["end"]) for p in s.pieces]}},
         )
 
     def _sub_records(self, s: _Orch, orch: Trajectory) -> list[Trajectory]:

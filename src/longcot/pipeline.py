@@ -139,7 +139,7 @@ def train(recipe: Recipe) -> dict:
         log.info("held-out accuracy after SFT: %.3f", after_sft["accuracy"])
         if recipe.rl.enabled and recipe.rl.steps > 0:
             next_prompts, on_results = make_prompt_source(recipe, task, tokenizer)
-            trainer = RLTrainer(model, tokenizer, engine, recipe, next_prompts, on_results)
+            trainer = RLTrainer(model, tokenizer, rl_engine(engine, recipe), recipe, next_prompts, on_results)
             rl_loop(trainer, recipe, run, task, tokenizer)
             after_rl = heldout_eval(engine, tokenizer, task, recipe, run.root / "eval" / "after_rl")
             run.update_summary(eval={"after_rl": after_rl})
@@ -153,6 +153,15 @@ def train(recipe: Recipe) -> dict:
     return run.summary
 
 
+def rl_engine(engine, recipe: Recipe):
+    """The engine the RL loop samples from: wrapped for partial rollouts / loop cutting when the recipe asks."""
+    if not (recipe.partial.enabled or recipe.partial.repetition.enabled):
+        return engine
+    from longcot.rollout.partial import PartialRollouts
+
+    return PartialRollouts(engine, recipe.partial)
+
+
 def rl_loop(trainer, recipe: Recipe, run: RunDir, task: Task, tokenizer) -> None:
     """The RL steps with a progress bar, metrics rows, periodic eval and checkpoints."""
     bar = tqdm(range(recipe.rl.steps), desc="rl", unit="step", dynamic_ncols=True,
@@ -160,7 +169,8 @@ def rl_loop(trainer, recipe: Recipe, run: RunDir, task: Task, tokenizer) -> None
     for step in bar:
         row, _ = trainer.step(step)
         if recipe.eval.every and (step + 1) % recipe.eval.every == 0 and step + 1 < recipe.rl.steps:
-            ev = heldout_eval(trainer.engine, tokenizer, task, recipe, run.root / "eval" / f"step_{step + 1:06d}")
+            engine = getattr(trainer.engine, "inner", trainer.engine)  # eval bypasses partial rollouts
+            ev = heldout_eval(engine, tokenizer, task, recipe, run.root / "eval" / f"step_{step + 1:06d}")
             row["eval/accuracy"] = ev["accuracy"]
         run.log_metrics(row)
         bar.set_postfix(reward=f"{row['reward_mean']:.3f}", acc=f"{row['accuracy']:.3f}",

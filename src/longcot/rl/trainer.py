@@ -99,6 +99,7 @@ class RLTrainer:
             self.on_results(trajs)
         metrics.update(err)
         metrics.update(rollout_metrics(trajs, self.recipe))
+        metrics.update(getattr(self.engine, "last_metrics", {}))  # engine wrappers' own (partial/*)
         metrics.update(timer.finish())
         metrics["tokens_per_s"] = metrics["response_tokens"] / max(metrics["step_seconds"], 1e-9)
         metrics["step"] = step

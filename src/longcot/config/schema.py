@@ -93,6 +93,11 @@ class RLConfig:
     entropy_coef: float = 0.0
     tis_cap: float | None = None  # truncated importance sampling cap against engine logprobs
     reset_optimizer: bool = False  # clear optimizer state every iteration (k1.5; the k15 loss asks for it)
+    kl_in: Literal["loss", "reward"] = "loss"  # where kl_coef applies: per-token loss term, or subtracted from R
+    dynamic_sampling: bool = False  # DAPO: drop groups whose rewards are all equal, refill up to prompts_per_step
+    dynamic_max_extra_rounds: int = 2  # cap on extra generation rounds per step
+    length_penalty_reward: str = "k15_length"  # the reward whose weight follows the warm-up schedule
+    length_penalty_warmup: int = 0  # steps with that reward's weight at 0 (k1.5), then its recipe weight
     checkpoint_every: int = 0  # 0: only the final checkpoint
 
 
@@ -170,43 +175,6 @@ class PartialConfig:
 
 
 @dataclass
-class RepetitionConfig:
-    """End a response early when its tail is a loop: one block of at most ``max_period`` tokens repeated at
-    least ``min_repeats`` times in a row, covering at least ``min_span`` tokens (``finish="repeat"``)."""
-
-    enabled: bool = False
-    max_period: int = 32
-    min_repeats: int = 4
-    min_span: int = 32
-    chunk_tokens: int = 0  # check every N generated tokens (0: once per iteration's segment)
-
-    def __post_init__(self) -> None:
-        if self.max_period < 1 or self.min_repeats < 2 or self.min_span < 2 or self.chunk_tokens < 0:
-            raise ValueError("repetition: need max_period >= 1, min_repeats >= 2, min_span >= 2, chunk_tokens >= 0 "
-                             f"(got {self.max_period}, {self.min_repeats}, {self.min_span}, {self.chunk_tokens})")
-
-
-@dataclass
-class PartialConfig:
-    """Partial rollouts (Kimi k1.5; docs/partial_rollouts.md): each trajectory generates at most ``token_budget``
-    tokens per iteration; unfinished ones are carried over and continued by the next policy, token-exactly."""
-
-    enabled: bool = False
-    token_budget: int = 64  # new tokens per trajectory per iteration (the total stays rollout.max_tokens)
-    train_segments: Literal["all", "current"] = "all"  # all: older segments IS-corrected via rl.tis_cap
-    max_staleness: int | None = None  # versions an unfinished trajectory may lag behind; None: no cap
-    on_stale: Literal["drop", "restart"] = "restart"  # drop its whole group, or regenerate it from the prompt
-    exact_resume: bool = True  # vLLM on CPU: a continued sample equals an uninterrupted one with the same seed
-    repetition: RepetitionConfig = field(default_factory=RepetitionConfig)
-
-    def __post_init__(self) -> None:
-        if self.token_budget < 1:
-            raise ValueError(f"partial.token_budget must be >= 1, got {self.token_budget}")
-        if self.max_staleness is not None and self.max_staleness < 0:
-            raise ValueError(f"partial.max_staleness must be >= 0 or null, got {self.max_staleness}")
-
-
-@dataclass
 class Recipe:
     name: str = "run"
     seed: int = 0
@@ -220,15 +188,11 @@ class Recipe:
     rl: RLConfig = field(default_factory=RLConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     partial: PartialConfig = field(default_factory=PartialConfig)
-    partial: PartialConfig = field(default_factory=PartialConfig)
     agents: AgentsConfig = field(default_factory=AgentsConfig)
 
     def __post_init__(self) -> None:
         if self.rollout.n < 1 or self.rl.prompts_per_step < 1:
             raise ValueError("rollout.n and rl.prompts_per_step must be >= 1")
-        if self.partial.enabled and self.partial.train_segments == "all" and self.rl.tis_cap is None:
-            raise ValueError("partial.train_segments=all trains on tokens from older policies: set rl.tis_cap "
-                             "(importance correction, e.g. 2.0) or partial.train_segments=current")
         if self.partial.enabled and self.partial.train_segments == "all" and self.rl.tis_cap is None:
             raise ValueError("partial.train_segments=all trains on tokens from older policies: set rl.tis_cap "
                              "(importance correction, e.g. 2.0) or partial.train_segments=current")

@@ -98,11 +98,11 @@ def run_sft_stage(recipe: Recipe, model, tokenizer, task: Task, run: RunDir) -> 
 
 
 def make_prompt_source(recipe: Recipe, task: Task, tokenizer):
-    """``next_prompts(step)`` from the recipe's sampler, and the callback that feeds it success rates."""
+    """``next_prompts(step, k)`` from the recipe's sampler, and the callback that feeds it success rates."""
     sampler = make_sampler(recipe.data.sampler, task.train, seed=recipe.seed, **recipe.data.sampler_options)
 
-    def next_prompts(step: int):
-        return [task.prompt(task.train[i], tokenizer) for i in sampler.sample(recipe.rl.prompts_per_step)]
+    def next_prompts(step: int, k: int):
+        return [task.prompt(task.train[i], tokenizer) for i in sampler.sample(k)]
 
     def on_results(trajs) -> None:
         sampler.update([t.prompt_id for t in trajs], [t.rewards.get("math", t.reward) > 0 for t in trajs])

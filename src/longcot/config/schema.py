@@ -196,6 +196,9 @@ class Recipe:
         if self.partial.enabled and self.partial.train_segments == "all" and self.rl.tis_cap is None:
             raise ValueError("partial.train_segments=all trains on tokens from older policies: set rl.tis_cap "
                              "(importance correction, e.g. 2.0) or partial.train_segments=current")
+        if self.rl.dynamic_sampling and self.partial.enabled:
+            raise ValueError("rl.dynamic_sampling and partial.enabled cannot be combined: refill rounds would advance "
+                             "the partial-rollout buffer")
         if self.eval.num_problems > self.data.num_heldout and self.data.task == "arith":
             raise ValueError(f"eval.num_problems ({self.eval.num_problems}) > "
                              f"data.num_heldout ({self.data.num_heldout})")

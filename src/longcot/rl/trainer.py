@@ -13,15 +13,19 @@ import logging
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
+from dataclasses import replace
 
 import torch
 from accelerate import Accelerator
 
 from longcot.config import Recipe
 from longcot.record import Trajectory
-from longcot.rewards.registry import compute_rewards
+from longcot.rewards.registry import RewardSpec, compute_rewards
 from longcot.rl.advantages import assign_advantages
 from longcot.rl.batch import TokenBatch, collate, length_sorted_chunks, response_logprobs
+from longcot.rl.dynamic_sampling import dynamic_sample
+from longcot.rl.kl import apply_kl_to_rewards
+from longcot.rl.length_penalty import length_penalty_weight
 from longcot.rl.losses import LOSSES, LossBatch, policy_loss
 from longcot.rollout.base import Engine, Prompt, SamplingConfig
 
@@ -60,7 +64,8 @@ def sampling_from(recipe: Recipe, seed: int | None = None) -> SamplingConfig:
 class RLTrainer:
     """Owns the policy, its optimizer and (optionally) a frozen reference; drives an :class:`Engine`."""
 
-    def __init__(self, model, tokenizer, engine: Engine, recipe: Recipe, next_prompts: Callable[[int], list[Prompt]],
+    def __init__(self, model, tokenizer, engine: Engine, recipe: Recipe,
+                 next_prompts: Callable[[int, int], list[Prompt]],
                  on_results: Callable[[list[Trajectory]], None] | None = None):
         self.recipe, self.rl = recipe, recipe.rl
         self.tokenizer, self.engine = tokenizer, engine
@@ -84,20 +89,24 @@ class RLTrainer:
     def step(self, step: int) -> tuple[dict, list[Trajectory]]:
         """One RL iteration. Returns (metrics row, trajectories)."""
         timer = StepTimer()
-        with timer.phase("generate"):
-            prompts = self.next_prompts(step)
-            trajs = self.engine.generate(prompts, sampling_from(self.recipe, seed=self.recipe.seed * 100003 + step),
-                                         group_tag=f"@{step}")
+        metrics: dict[str, float] = {}
+        if self.rl.dynamic_sampling:
+            rounds = iter(range(self.rl.dynamic_max_extra_rounds + 1))
+            trajs, dyn = dynamic_sample(lambda n: self._rollout(step, n, next(rounds), timer, metrics),
+                                        self.rl.prompts_per_step, self.rl.dynamic_max_extra_rounds)
+            metrics.update(dyn)
+        else:
+            trajs = self._rollout(step, self.rl.prompts_per_step, 0, timer, metrics)
         with timer.phase("reward"):
-            err = compute_rewards(trajs, self.recipe.rewards)
+            if self.rl.kl_coef and self.rl.kl_in == "reward":
+                self._kl_into_rewards(trajs)
             assign_advantages(trajs, self.rl.advantage.name, **self.rl.advantage.options)
-        metrics = self._update(trajs, timer)
+        metrics.update(self._update(trajs, timer))
         with timer.phase("weight_sync"):
             self.version += 1
             self.engine.sync_weights(self.accelerator.unwrap_model(self.model).named_parameters(), self.version)
         if self.on_results:
             self.on_results(trajs)
-        metrics.update(err)
         metrics.update(rollout_metrics(trajs, self.recipe))
         metrics.update(getattr(self.engine, "last_metrics", {}))  # engine wrappers' own (partial/*)
         metrics.update(timer.finish())
@@ -105,20 +114,53 @@ class RLTrainer:
         metrics["step"] = step
         return metrics, trajs
 
+    def _rollout(self, step: int, n_prompts: int, round_: int, timer: StepTimer, metrics: dict) -> list[Trajectory]:
+        """Generate ``rollout.n`` samples for each of ``n_prompts`` new prompts and score them."""
+        with timer.phase("generate"):
+            prompts = self.next_prompts(step, n_prompts)
+            seed = self.recipe.seed * 100003 + step * 101 + round_
+            tag = f"@{step}" if round_ == 0 else f"@{step}.{round_}"
+            trajs = self.engine.generate(prompts, sampling_from(self.recipe, seed=seed), group_tag=tag)
+        with timer.phase("reward"):
+            for k, v in compute_rewards(trajs, self._reward_specs(step)).items():
+                metrics[k] = metrics.get(k, 0.0) + v
+        return trajs
+
+    def _reward_specs(self, step: int) -> list[RewardSpec]:
+        """The recipe's rewards, with the length penalty's weight following its warm-up schedule (k1.5)."""
+        rl = self.rl
+        return [replace(s, weight=length_penalty_weight(step, rl.length_penalty_warmup, s.weight))
+                if s.name == rl.length_penalty_reward else s for s in self.recipe.rewards]
+
+    def _kl_into_rewards(self, trajs: list[Trajectory]) -> None:
+        """KL to the reference subtracted from each trajectory's reward (instead of a loss term)."""
+        live = [t for t in trajs if t.response_ids]
+        ref: dict[int, list[float]] = {}
+        with torch.no_grad():
+            for chunk in length_sorted_chunks(live, self.rl.micro_batch_size):
+                lp = response_logprobs(self.ref_model, collate(chunk, self.tokenizer.pad_token_id),
+                                       temperature=self.temperature)[0]
+                for t, row in zip(chunk, lp.tolist(), strict=True):
+                    ref[id(t)] = row[: len(t.response_ids)]
+        apply_kl_to_rewards(live, [ref[id(t)] for t in live], self.rl.kl_coef, self.rl.kl_estimator)
+
     def _update(self, trajs: list[Trajectory], timer: StepTimer) -> dict:
         """``updates_per_step`` optimizer steps over the batch. On-policy with one update, pi_old is the
         current policy, so its log-probs come from the same forward pass (no recompute)."""
         rl = self.rl
         live = [t for t in trajs if t.response_ids]
+        if not live:  # nothing finished this step (partial rollouts) or nothing kept (dynamic sampling)
+            return {"skipped_update": 1.0}
         chunks = [collate(c, self.tokenizer.pad_token_id) for c in length_sorted_chunks(live, rl.micro_batch_size)]
         total_tokens = float(sum(c.mask.sum() for c in chunks))
         total_seqs = float(sum((c.mask.sum(-1) > 0).sum() for c in chunks))
-        if rl.updates_per_step > 1 or self.ref_model is not None:
+        kl_in_loss = self.ref_model is not None and rl.kl_in == "loss"
+        if rl.updates_per_step > 1 or kl_in_loss:
             with timer.phase("logprob_recompute"), torch.no_grad():
                 for c in chunks:
                     if rl.updates_per_step > 1:
                         c.old_logprobs = response_logprobs(self.model, c, temperature=self.temperature)[0]
-                    if self.ref_model is not None:
+                    if kl_in_loss:
                         c.ref_logprobs = response_logprobs(self.ref_model, c, temperature=self.temperature)[0]
         if getattr(self.loss_fn, "reset_optimizer", False) or rl.reset_optimizer:
             self.optimizer.state.clear()  # k1.5: each iteration is a fresh mirror-descent problem
@@ -148,7 +190,8 @@ class RLTrainer:
                           entropy=entropy if rl.entropy_coef else None,
                           total_tokens=total_tokens, total_seqs=total_seqs)
         loss, m = policy_loss(batch, rl.loss.name, rl.loss.options, agg=rl.aggregation,
-                              max_len=self.recipe.rollout.max_tokens, kl_coef=rl.kl_coef,
+                              max_len=self.recipe.rollout.max_tokens,
+                              kl_coef=rl.kl_coef if rl.kl_in == "loss" else 0.0,
                               kl_estimator=rl.kl_estimator, entropy_coef=rl.entropy_coef, tis_cap=rl.tis_cap)
         self.accelerator.backward(loss)
         mask = c.mask

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import random
+import time
 from pathlib import Path
 
 import torch
@@ -170,8 +171,13 @@ def rl_loop(trainer, recipe: Recipe, run: RunDir, task: Task, tokenizer) -> None
         row, _ = trainer.step(step)
         if recipe.eval.every and (step + 1) % recipe.eval.every == 0 and step + 1 < recipe.rl.steps:
             engine = getattr(trainer.engine, "inner", trainer.engine)  # eval bypasses partial rollouts
+            t_eval = time.perf_counter()
             ev = heldout_eval(engine, tokenizer, task, recipe, run.root / "eval" / f"step_{step + 1:06d}")
             row["eval/accuracy"] = ev["accuracy"]
+            # The eval belongs to this step's wall time: time/* still sums to step_seconds (tokens_per_s
+            # stays the training throughput, measured before the eval).
+            row["time/eval"] = time.perf_counter() - t_eval
+            row["step_seconds"] += row["time/eval"]
         run.log_metrics(row)
         bar.set_postfix(reward=f"{row['reward_mean']:.3f}", acc=f"{row['accuracy']:.3f}",
                         len=f"{row['response_len_mean']:.0f}")

@@ -56,14 +56,22 @@ def plot_curves(metrics_path: str | Path, out_png: str | Path) -> Path | None:
 
 
 def time_breakdown(rows: list[dict]) -> dict[str, dict[str, float]]:
-    """Median seconds per phase over steps, and each phase's share of the median step time."""
+    """Seconds per phase over steps: the median, and the mean with its share of the mean step time.
+
+    Means are what add up (the phases' means sum to the mean step time, within the trainer's 5%); the
+    median is the typical step, robust to the first step's warm-up. A phase that runs only on some steps
+    (the periodic ``eval``) has a median of 0 and shows up in the mean.
+    """
     phases = sorted({k for r in rows for k in r if k.startswith("time/")})
     out = {}
     total = statistics.median(r["step_seconds"] for r in rows)
+    mean_total = statistics.fmean(r["step_seconds"] for r in rows)
     for p in phases:
         med = statistics.median(r.get(p, 0.0) for r in rows)
-        out[p.removeprefix("time/")] = {"median_s": med, "share": med / total if total else 0.0}
-    out["step"] = {"median_s": total, "share": 1.0}
+        mean = statistics.fmean(r.get(p, 0.0) for r in rows)
+        out[p.removeprefix("time/")] = {"median_s": med, "mean_s": mean,
+                                        "share": mean / mean_total if mean_total else 0.0}
+    out["step"] = {"median_s": total, "mean_s": mean_total, "share": 1.0}
     return out
 
 
@@ -78,9 +86,9 @@ def render(run_dir: str | Path) -> str:
             lines.append(f"eval {stage:>10}: accuracy {ev['accuracy']:.3f} on {ev['n']} held-out problems")
     if rows:
         lines.append(f"RL steps: {len(rows)}")
-        lines.append("time per step (median over steps):")
+        lines.append("time per step:        median       mean  share of mean")
         for phase, v in time_breakdown(rows).items():
-            lines.append(f"  {phase:<18} {v['median_s']:8.3f} s  {100 * v['share']:5.1f}%")
+            lines.append(f"  {phase:<18} {v['median_s']:8.3f} s {v['mean_s']:8.3f} s  {100 * v['share']:5.1f}%")
         for label, r in (("first", rows[0]), ("last", rows[-1])):
             lines.append(f"{label} step: reward {r['reward_mean']:.3f}  acc {r['accuracy']:.3f}  "
                          f"len {r['response_len_mean']:.1f}  tokens/s {r.get('tokens_per_s', 0):.0f}")

@@ -1,0 +1,329 @@
+"""longcot vs TRL's GRPOTrainer on the same tiny-MoE GRPO job, side by side in one process.
+
+Why one process, interleaved: CPU timings on the shared 2-core machines swing up to 10x with other users'
+load (DESIGN.md section 5). Running N steps of TRL, then N steps of longcot, then N of TRL again ... exposes
+both to the same load, so the *ratio* is meaningful even when the absolute seconds are not.
+
+What is the same for both (the fairness contract, also written into the JSON):
+  - model: one SFT'd checkpoint (build_tiny_moe(seed) + a short SFT with longcot's TRL-based SFT stage),
+    cached under ``--cache`` so repeated runs start from the identical weights;
+  - data: the arithmetic task from longcot.data, the same training prompts in the same order (TRL with
+    ``shuffle_dataset=False``, longcot reading rows [k*P, (k+1)*P) at step k), P prompts x G samples per step;
+  - sampling: temperature 1, top_p 1, no top_k, ``--max-tokens`` new tokens, EOS ends a completion;
+  - reward: longcot's ``math`` reward for both (TRL gets a reward function that wraps it);
+  - loss: TRL ``loss_type="dapo"`` (token-level sum over the whole batch / active tokens) with epsilon 0.2 ==
+    longcot ``ppo_clip`` (clip 0.2/0.2) with ``token-mean`` aggregation; beta 0 (no KL, no reference model);
+    advantages (R - mean_G) / (std_G + eps) per group (TRL: Bessel std, eps 1e-4; longcot: population std,
+    eps 1e-6); one optimizer step per batch (TRL num_iterations=1, longcot updates_per_step=1);
+  - optimizer: AdamW, same lr, betas (0.9, 0.99), weight decay 0, constant lr, grad-norm clip 1.0;
+  - torch threads: 1 (OMP_NUM_THREADS=1 and torch.set_num_threads(1)).
+What differs is the system: TRL generates with transformers ``generate`` (its default, use_vllm=False; the
+baseline of DESIGN.md), longcot with its in-process vLLM engine and in-place weight sync.
+
+Held-out accuracy "after the same number of samples": both final policies are evaluated greedily on the
+same held-out problems, through the same engine (each policy's weights synced into it in turn).
+
+Run:  OMP_NUM_THREADS=1 .venv/bin/python benchmarks/vs_trl.py   (writes benchmarks/results/vs_trl.json)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = ROOT / "recipes/tiny/arith-moe.yaml"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rounds", type=int, default=3, help="alternations of N TRL steps then N longcot steps")
+    ap.add_argument("--steps", type=int, default=6, help="N: steps of each trainer per round")
+    ap.add_argument("--prompts", type=int, default=2, help="prompts per step")
+    ap.add_argument("--n", type=int, default=8, help="samples per prompt (2 x 8 = 16 completions per step)")
+    ap.add_argument("--max-tokens", type=int, default=128)
+    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--eval-problems", type=int, default=128)
+    ap.add_argument("--sft-examples", type=int, default=12000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--cache", default=str(ROOT / "runs/bench-vs-trl"), help="SFT checkpoint and eval samples")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks/results/vs_trl.json"))
+    ap.add_argument("--prepare-only", action="store_true", help="build + SFT the shared checkpoint and stop")
+    return ap.parse_args(argv)
+
+
+def make_recipe(args: argparse.Namespace):
+    """longcot's recipe for this job: the tiny demo recipe with the benchmark's sizes."""
+    from longcot.config import load_recipe
+
+    return load_recipe(RECIPE, [
+        "name=bench-vs-trl", f"seed={args.seed}", "threads=1", f"out_dir={args.cache}",
+        f"sft.num_examples={args.sft_examples}", "rollout.engine=vllm", f"rollout.n={args.n}",
+        f"rollout.max_tokens={args.max_tokens}", "rollout.temperature=1.0", f"rl.prompts_per_step={args.prompts}",
+        f"rl.lr={args.lr}", "rl.betas=[0.9,0.99]", "rl.weight_decay=0.0", "rl.grad_clip=1.0", "rl.warmup_steps=0",
+        "rl.loss.name=ppo_clip", "rl.loss.options={clip_low: 0.2, clip_high: 0.2}", "rl.aggregation=token-mean",
+        "rl.kl_coef=0.0", "rl.updates_per_step=1", f"eval.num_problems={args.eval_problems}",
+        f"eval.max_tokens={args.max_tokens}", "eval.temperature=0.0",
+    ])
+
+
+def prepare_policy(recipe, cache: Path) -> Path:
+    """The shared starting checkpoint: tiny MoE + short SFT, reused when the settings match."""
+    from longcot.data import build_task
+    from longcot.pipeline import RunDir, run_sft_stage
+    from longcot.policies.build import build_tiny_moe
+    from longcot.policies.load import load_policy, load_tokenizer
+
+    key = {"build_seed": recipe.model.build_seed, "sft": vars(recipe.sft), "data": recipe.data.template,
+           "seed": recipe.seed}
+    stamp = cache / "sft_key.json"
+    sft_path = cache / "checkpoints" / "sft"
+    if stamp.is_file() and json.loads(stamp.read_text()) == json.loads(json.dumps(key)) \
+            and (sft_path / "config.json").is_file():
+        return sft_path
+    run = RunDir(cache)
+    init = build_tiny_moe(cache / "init", seed=recipe.model.build_seed)
+    tok = load_tokenizer(init)
+    model = load_policy(init)
+    t0 = time.perf_counter()
+    run_sft_stage(recipe, model, tok, build_task(recipe.data), run)
+    logging.info("SFT checkpoint in %.0fs", time.perf_counter() - t0)
+    stamp.write_text(json.dumps(key))
+    return sft_path
+
+
+def train_rows(task, args) -> list[dict]:
+    """The training rows both trainers consume, in order: ``prompts`` per step for every step of the run."""
+    need = args.prompts * args.rounds * args.steps
+    if need > len(task.train):
+        raise ValueError(f"{need} training prompts needed but the task has {len(task.train)}")
+    return task.train[:need]
+
+
+def math_reward_for_trl(recipe):
+    """A TRL reward function that scores with longcot's own ``math`` reward (same verdicts for both)."""
+    from longcot.record import Trajectory
+    from longcot.rewards.registry import compute_rewards
+
+    counter = {"tokens": 0, "steps": []}
+
+    def math(prompts, completions, completion_ids, answer, **_):
+        trajs = [Trajectory(prompt_id=str(i), group_id=str(i), prompt_ids=[], response_ids=list(ids),
+                            rollout_logprobs=[], response_text=text, meta={"answer": a},
+                            finish="length" if len(ids) >= recipe.rollout.max_tokens and ids[-1] != EOS[0]
+                            else "stop")
+                 for i, (text, ids, a) in enumerate(zip(completions, completion_ids, answer, strict=True))]
+        compute_rewards(trajs, recipe.rewards)
+        counter["steps"].append(sum(len(ids) for ids in completion_ids))
+        return [t.reward for t in trajs]
+
+    return math, counter
+
+
+EOS: list[int] = []
+
+
+def build_trl(model, tok, prompts, args, recipe, callbacks):
+    """TRL's GRPOTrainer with the job's settings (transformers generate; TRL's defaults elsewhere)."""
+    import datasets
+    from trl import GRPOConfig, GRPOTrainer
+
+    ds = datasets.Dataset.from_dict({"prompt": [p.prompt_text for p in prompts],
+                                     "answer": [p.meta["answer"] for p in prompts]})
+    cfg = GRPOConfig(
+        output_dir=str(Path(args.cache) / "trl"), max_steps=args.rounds * args.steps, learning_rate=args.lr,
+        adam_beta1=0.9, adam_beta2=0.99, weight_decay=0.0, lr_scheduler_type="constant", warmup_steps=0,
+        max_grad_norm=1.0, per_device_train_batch_size=args.prompts * args.n, gradient_accumulation_steps=1,
+        num_generations=args.n, max_completion_length=args.max_tokens, temperature=1.0, top_p=1.0, top_k=0,
+        loss_type="dapo", epsilon=0.2, epsilon_high=0.2, beta=0.0, num_iterations=1, scale_rewards="group",
+        shuffle_dataset=False, use_vllm=False, use_cpu=True, bf16=False, fp16=False, seed=args.seed,
+        logging_steps=1, save_strategy="no", report_to=[], disable_tqdm=True, dataloader_num_workers=0,
+    )
+    reward_fn, counter = math_reward_for_trl(recipe)
+    trainer = GRPOTrainer(model=model, reward_funcs=[reward_fn], args=cfg, train_dataset=ds,
+                          processing_class=tok, callbacks=callbacks)
+    return trainer, counter
+
+
+def interleave_callback(args, run_longcot):
+    """A TRL callback that times every TRL step and, after every N of them, runs N longcot steps.
+
+    A TRL step is timed from the end of the previous one (after this callback returned) to its
+    ``on_step_end``: batch fetch, generate, reward, loss, backward and optimizer, plus the previous step's
+    logging. Longcot's steps run inside the callback, so they never count against TRL.
+    """
+    from transformers import TrainerCallback
+
+    class Interleave(TrainerCallback):
+        def __init__(self) -> None:
+            self.times: list[float] = []
+            self.mark = time.perf_counter()
+
+        def on_train_begin(self, *a, **k):
+            self.mark = time.perf_counter()
+
+        def on_step_end(self, cb_args, state, control, **kw):
+            self.times.append(time.perf_counter() - self.mark)
+            if state.global_step % args.steps == 0:
+                run_longcot(state.global_step - args.steps, args.steps)
+            self.mark = time.perf_counter()
+
+    return Interleave()
+
+
+def time_generate(trainer) -> list[float]:
+    """Wrap TRL's generation call to measure its share of the step (DESIGN says about 70%)."""
+    spent: list[float] = []
+    inner = trainer._generate_single_turn
+
+    def timed(*a, **k):
+        t = time.perf_counter()
+        try:
+            return inner(*a, **k)
+        finally:
+            spent.append(time.perf_counter() - t)
+
+    trainer._generate_single_turn = timed
+    return spent
+
+
+def held_out(engine, model, tok, task, recipe, out_dir: Path) -> float:
+    """Greedy held-out accuracy of ``model``'s weights, scored through the shared engine."""
+    from longcot.pipeline import heldout_eval
+
+    engine.sync_weights(model.named_parameters(), version=engine.version + 1)
+    return heldout_eval(engine, tok, task, recipe, out_dir)["accuracy"]
+
+
+def summarize(step_s: list[float], tokens: list[float], gen_s: list[float] | None = None) -> dict:
+    med = statistics.median(step_s)
+    total_tokens, total_s = sum(tokens), sum(step_s)
+    out = {"steps": len(step_s), "median_step_s": med, "completion_tokens_per_step": total_tokens / len(step_s),
+           "tokens_per_s": total_tokens / total_s,
+           "median_tokens_per_s": statistics.median(t / s for t, s in zip(tokens, step_s, strict=True)),
+           "step_s": [round(s, 4) for s in step_s]}
+    if gen_s:
+        out["median_generate_s"] = statistics.median(gen_s)
+        out["generate_share"] = sum(gen_s) / total_s
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    for name in ("httpx", "vllm", "datasets", "transformers"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    import torch
+
+    torch.set_num_threads(1)
+    from longcot.data import build_task
+    from longcot.pipeline import seed_everything
+    from longcot.policies.load import load_policy, load_tokenizer
+    from longcot.rl.trainer import RLTrainer
+    from longcot.rollout import build_engine
+
+    recipe = make_recipe(args)
+    cache = Path(args.cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    sft_path = prepare_policy(recipe, cache)
+    if args.prepare_only:
+        return 0
+    torch.set_num_threads(1)
+    seed_everything(args.seed)
+    tok = load_tokenizer(sft_path)
+    EOS[:] = [tok.eos_token_id]
+    task = build_task(recipe.data)
+    rows = train_rows(task, args)
+    prompts = [task.prompt(r, tok) for r in rows]
+    max_len = max(len(task.prompt(r, tok).prompt_ids) for r in task.heldout) + args.max_tokens + 8
+    engine = build_engine("vllm", str(sft_path), tok, max_model_len=max_len, seed=args.seed)
+    torch.set_num_threads(1)
+    lc_model = load_policy(sft_path)
+    acc0 = held_out(engine, lc_model, tok, task, recipe, cache / "eval" / "sft")
+    logging.info("held-out accuracy of the shared SFT checkpoint: %.3f", acc0)
+
+    P = args.prompts
+    lc = RLTrainer(lc_model, tok, engine, recipe, lambda step, k: prompts[step * P:step * P + k])
+    lc_wall: list[float] = []
+    lc_rows: list[dict] = []
+
+    def run_longcot(first: int, count: int) -> None:
+        for step in range(first, first + count):
+            t = time.perf_counter()
+            row, _ = lc.step(step)
+            lc_wall.append(time.perf_counter() - t)
+            lc_rows.append(row)
+        logging.info("longcot steps %d-%d: median %.2fs", first, first + count - 1,
+                     statistics.median(lc_wall[-count:]))
+
+    trl_model = load_policy(sft_path)
+    cb = interleave_callback(args, run_longcot)
+    trl, counter = build_trl(trl_model, tok, prompts, args, recipe, [cb])
+    gen_s = time_generate(trl)
+    t0 = time.perf_counter()
+    trl.train()
+    wall = time.perf_counter() - t0
+    torch.set_num_threads(1)
+
+    acc_trl = held_out(engine, trl.model, tok, task, recipe, cache / "eval" / "trl")
+    acc_lc = held_out(engine, lc.accelerator.unwrap_model(lc.model), tok, task, recipe, cache / "eval" / "longcot")
+    engine.shutdown()
+    result = report(args, recipe, cb.times, counter["steps"], gen_s, lc_wall, lc_rows, acc0, acc_trl, acc_lc, wall)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(table(result))
+    return 0
+
+
+def report(args, recipe, trl_s, trl_tokens, gen_s, lc_s, lc_rows, acc0, acc_trl, acc_lc, wall) -> dict:
+    import torch
+    import trl
+    import vllm
+
+    breakdown = {k.removeprefix("time/"): statistics.median(r.get(k, 0.0) for r in lc_rows)
+                 for k in sorted({k for r in lc_rows for k in r if k.startswith("time/")})}
+    trl_res = {**summarize(trl_s, trl_tokens, gen_s), "heldout_accuracy": acc_trl}
+    lc_res = {**summarize(lc_s, [r["response_tokens"] for r in lc_rows]), "heldout_accuracy": acc_lc,
+              "median_step_seconds_logged": statistics.median(r["step_seconds"] for r in lc_rows),
+              "median_time_breakdown_s": breakdown}
+    return {
+        "trl": trl_res, "longcot": lc_res,
+        "ratio_tokens_per_s": lc_res["tokens_per_s"] / trl_res["tokens_per_s"],
+        "ratio_median_step_s": trl_res["median_step_s"] / lc_res["median_step_s"],
+        "heldout_accuracy_sft": acc0,
+        "accuracy_gap_points": 100 * (acc_lc - acc_trl),
+        "settings": {"rounds": args.rounds, "steps_per_round": args.steps, "prompts_per_step": args.prompts,
+                     "samples_per_prompt": args.n, "max_tokens": args.max_tokens, "lr": args.lr,
+                     "eval_problems": args.eval_problems, "sft_examples": args.sft_examples, "seed": args.seed,
+                     "threads": 1, "trl_loss": "dapo, epsilon 0.2, beta 0", "longcot_loss":
+                     "ppo_clip 0.2/0.2, token-mean", "optimizer": "AdamW betas (0.9, 0.99), wd 0, constant lr"},
+        "versions": {"torch": torch.__version__, "trl": trl.__version__, "vllm": vllm.__version__},
+        "command": "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/vs_trl.py " + " ".join(sys.argv[1:]),
+        "wall_s": wall,
+    }
+
+
+def table(r: dict) -> str:
+    t, lc = r["trl"], r["longcot"]
+    lines = ["| | TRL GRPOTrainer | longcot |", "| --- | ---: | ---: |",
+             f"| median s/step | {t['median_step_s']:.3f} | {lc['median_step_s']:.3f} |",
+             f"| completion tokens/step | {t['completion_tokens_per_step']:.1f} | "
+             f"{lc['completion_tokens_per_step']:.1f} |",
+             f"| completion tokens/s | {t['tokens_per_s']:.1f} | {lc['tokens_per_s']:.1f} |",
+             f"| held-out accuracy (greedy) | {t['heldout_accuracy']:.3f} | {lc['heldout_accuracy']:.3f} |",
+             f"ratio tokens/s (longcot / TRL): {r['ratio_tokens_per_s']:.2f}"]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    os.environ.setdefault("LONGCOT_NO_PROGRESS", "1")
+    sys.exit(main())

@@ -24,7 +24,7 @@ from longcot.eval.evaluate import evaluate
 from longcot.eval.grading import make_grader
 from longcot.policies.build import build_tiny_moe
 from longcot.policies.load import load_policy, load_tokenizer
-from longcot.rollout import build_engine
+from longcot.rollout import agents, build_engine
 from longcot.rollout.base import SamplingConfig
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ def heldout_eval(engine, tokenizer, task: Task, recipe: Recipe, out_dir: Path) -
     summary = evaluate(engine, tokenizer, prompts, sampling, make_grader("math"), out_dir, ks=[1])
     m = summary["metrics"]
     return {"accuracy": m["avg@1"], "n": len(rows), "response_len_mean": m.get("length/mean"),
-            "tokens_per_s": m.get("tokens_per_s")}
+            "tokens_per_s": m.get("tokens_per_s"), **getattr(engine, "last_metrics", {})}
 
 
 def prepare_model(recipe: Recipe, run: RunDir) -> str:
@@ -89,7 +89,10 @@ def run_sft_stage(recipe: Recipe, model, tokenizer, task: Task, run: RunDir) -> 
     from longcot.rl.sft import run_sft
 
     rows = task.train[: recipe.sft.num_examples]
-    pairs = [(task.prompt(r, tokenizer).prompt_text, r["solution"]) for r in rows]
+    if task.sft_pairs is not None:  # tasks with several pairs per row (compound: orchestrator turns, sub-agents)
+        pairs = task.sft_pairs(rows, tokenizer)
+    else:
+        pairs = [(task.prompt(r, tokenizer).prompt_text, r["solution"]) for r in rows]
     out = run.checkpoint("sft")
     metrics = run_sft(model, tokenizer, pairs, out, lr=recipe.sft.lr, epochs=recipe.sft.epochs,
                       batch_size=recipe.sft.batch_size, warmup_ratio=recipe.sft.warmup_ratio,
@@ -134,6 +137,7 @@ def train(recipe: Recipe) -> dict:
                   + max(recipe.rollout.max_tokens, recipe.eval.max_tokens))
     engine = build_engine(recipe.rollout.engine, policy_path, tokenizer, max_model_len=max_len, seed=recipe.seed,
                           **recipe.rollout.engine_options)
+    engine = agents.wrap_engine(engine, recipe, tokenizer, run.root / "agents", policy_path)  # as is unless enabled
     try:
         after_sft = heldout_eval(engine, tokenizer, task, recipe, run.root / "eval" / "after_sft")
         run.update_summary(eval={"after_sft": after_sft})

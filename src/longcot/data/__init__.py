@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from longcot.data.arith import ArithSpec, make_split
@@ -17,6 +18,8 @@ class Task:
     train: list[dict]
     heldout: list[dict]
     template: str
+    # (rows, tokenizer) -> SFT (prompt, completion) pairs, for tasks whose warm-up is more than one pair per row
+    sft_pairs: Callable | None = None
 
     def prompt(self, row: dict, tokenizer) -> Prompt:
         text = render_prompt(self.template, row, tokenizer)
@@ -31,10 +34,14 @@ def build_task(cfg) -> Task:
         spec = ArithSpec(cfg.min_ops, cfg.max_ops, cfg.max_operand, cfg.recheck_prob, cfg.long_tail_frac)
         train, heldout = make_split(spec, cfg.num_train, cfg.num_heldout, cfg.seed)
         return Task(train, heldout, cfg.template)
+    if cfg.task == "compound":
+        from longcot.data.compound import build_compound_task
+
+        return build_compound_task(cfg)
     if cfg.task == "dataset":
         if not cfg.source:
             raise ValueError("data.task=dataset needs data.source (hub name, .jsonl or .parquet path)")
         rows = load_rows(cfg.source, cfg.split, cfg.columns)
         n_held = min(cfg.num_heldout, len(rows) // 10)
         return Task(rows[n_held:], rows[:n_held], cfg.template)
-    raise ValueError(f"unknown data.task '{cfg.task}'; expected 'arith' or 'dataset'")
+    raise ValueError(f"unknown data.task '{cfg.task}'; expected 'arith', 'compound' or 'dataset'")

@@ -9,7 +9,7 @@ Write your own in a few lines (docs/rewards.md)::
         return 1.0 if len(sample.response_text) <= limit else 0.0
 """
 
-from longcot.rewards import code, format, length, math  # noqa: F401  (register the built-in rewards)
+from longcot.rewards import code, format, length, math, parl  # noqa: F401  (register the built-in rewards)
 from longcot.rewards.registry import REWARDS, RewardSpec, compute_rewards, reward
 
 __all__ = ["REWARDS", "RewardSpec", "compute_rewards", "reward"]

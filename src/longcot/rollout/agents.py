@@ -368,3 +368,21 @@ def tree(s: _Orch, summary: dict) -> dict:
                        "responses": [t.response_text for t in sub.trajs],
                        "finish": [t.finish for t in sub.trajs]} for sub in s.subagents.values()],
     }
+
+
+def wrap_engine(engine: Engine, recipe: Any, tokenizer: Any, trace_dir: str | Path, policy_path: str) -> Engine:
+    """``engine`` itself, or an :class:`AgentEngine` around it when ``recipe.agents.enabled``.
+
+    Frozen sub-agents (``agents.subagent_policy: frozen``) get their own engine on ``agents.frozen_path`` (default:
+    ``policy_path``, the policy RL starts from); it never receives weight updates.
+    """
+    cfg = recipe.agents
+    if not cfg.enabled:
+        return engine
+    sub = None
+    if cfg.subagent_policy == "frozen":
+        from longcot.rollout import build_engine
+
+        options = {"max_model_len": engine.max_model_len} if getattr(engine, "max_model_len", None) else {}
+        sub = build_engine(cfg.frozen_engine, cfg.frozen_path or policy_path, tokenizer, **options)
+    return AgentEngine(engine, tokenizer, cfg, sub_engine=sub, trace_dir=trace_dir)

@@ -1,0 +1,114 @@
+"""Compound arithmetic traces (serial and decomposed) and the PARL reward terms with their annealing."""
+
+from __future__ import annotations
+
+import random
+import re
+
+import pytest
+
+from longcot.config.schema import DataConfig
+from longcot.data import build_task
+from longcot.data.arith import evaluate_expression
+from longcot.data.compound import (
+    CompoundSpec,
+    decomposed_turns,
+    make_compound,
+    make_compound_split,
+    serial_solution,
+    sft_pairs,
+    subagent_solution,
+)
+from longcot.record import AgentInfo, Segment, Trajectory
+from longcot.rewards.parl import annealed, parl
+from longcot.rewards.registry import RewardSpec, compute_rewards
+from longcot.rollout.agents_protocol import parse_turn, substitute, validate, waves
+
+STEP = re.compile(r"^(-?\d+)([+*-])(\d+)=(-?\d+)$")
+
+
+def check_steps(text: str) -> None:
+    for line in text.splitlines():
+        if m := STEP.match(line):
+            a, op, b, c = int(m[1]), m[2], int(m[3]), int(m[4])
+            assert {"+": a + b, "-": a - b, "*": a * b}[op] == c, line
+
+
+@pytest.mark.parametrize("spec", [CompoundSpec(), CompoundSpec(ops="+-", dep_prob=0.5, min_parts=2, max_parts=6)])
+def test_traces_are_correct_and_decompositions_follow_the_protocol(spec):
+    rng = random.Random(0)
+    for _ in range(200):
+        row = make_compound(rng, spec)
+        serial = serial_solution(row, spec)
+        assert serial.endswith(f"\\boxed{{{row['answer']}}}")
+        check_steps(serial)
+        first, obs, final = decomposed_turns(row)
+        turn = parse_turn(first)
+        assert turn.waited and not turn.problems
+        accepted, problems = validate(turn.spawns, set(), cap=8)
+        assert not problems and [s.name for s in accepted] == [p["name"] for p in row["parts"]]
+        values = {p["name"]: str(p["value"]) for p in row["parts"]}
+        plan = waves(accepted, set())
+        for spawn in accepted:  # a sub-agent given its dependencies' answers solves its part
+            expr = substitute(spawn.task, values)
+            assert evaluate_expression(expr) == int(values[spawn.name])
+            assert subagent_solution(expr, spec).endswith(f"\\boxed{{{values[spawn.name]}}}")
+            if spawn.deps:
+                assert all(spawn not in w for w in plan[:1])
+        assert obs == "\n" + "".join(f"[{n} = {v}]\n" for n, v in values.items())
+        assert final.endswith(f"\\boxed{{{row['answer']}}}")
+        check_steps(final)
+
+
+def test_sft_pairs_never_train_on_observations():
+    spec = CompoundSpec(decomposed_frac=0.5)
+    train, held = make_compound_split(spec, 60, 20, seed=1)
+    assert not {r["problem"] for r in train} & {r["problem"] for r in held}
+    pairs = sft_pairs(train, lambda row: f"Q: {row['problem']}\n", spec)
+    n_dec = sum(r["decompose"] for r in train)
+    assert 0 < n_dec < len(train)
+    assert len(pairs) == (len(train) - n_dec) + sum(2 + len(r["parts"]) for r in train if r["decompose"])
+    for _, completion in pairs:
+        assert not re.search(r"\[\w+ = ", completion)  # results only ever appear in prompts
+    second_turns = [p for p, _ in pairs if "[wait]" in p]
+    assert len(second_turns) == n_dec and all(re.search(r"\[a = -?\d+\]", p) for p in second_turns)
+
+
+def test_build_task_compound_and_unknown_option():
+    task = build_task(DataConfig(task="compound", template="Q: {problem}\n", num_train=30, num_heldout=5,
+                                 task_options={"min_parts": 2, "max_parts": 2}))
+    assert len(task.train) == 30 and all(len(r["parts"]) == 2 for r in task.train) and task.sft_pairs
+    with pytest.raises(KeyError, match="unknown compound option.*'parts'"):
+        build_task(DataConfig(task="compound", task_options={"parts": 3}))
+
+
+def orchestrator(text: str, spawned: int, finished: int, version: int, finish: str = "stop") -> Trajectory:
+    return Trajectory("p", "p@0", [1], [5] * 4, [0.0] * 4, finish=finish, response_text=text,
+                      segments=[Segment(0, 4, version)], agent=AgentInfo("orchestrator"),
+                      meta={"answer": "42", "agents": {"subagents": spawned, "finished_subagents": finished}})
+
+
+def test_parl_terms_and_annealing():
+    r = parl(orchestrator("[a = 40]\n40+2=42\n\\boxed{42}", spawned=3, finished=2, version=0),
+             l1=0.5, l2=0.3, anneal_steps=20, parallel_target=4)
+    assert r == pytest.approx({"parl": 1 + 0.5 * 0.75 + 0.3 * 2 / 3, "outcome": 1.0, "parallel": 0.75,
+                               "finish": 2 / 3, "l1": 0.5, "l2": 0.3})
+    half = parl(orchestrator("\\boxed{41}", spawned=8, finished=8, version=10), l1=0.5, l2=0.3, anneal_steps=20,
+                parallel_target=4)
+    assert half["outcome"] == 0 and half["parallel"] == 1 and half["parl"] == pytest.approx(0.25 + 0.15)
+    late = parl(orchestrator("\\boxed{42}", spawned=8, finished=8, version=25), anneal_steps=20)
+    assert late["parl"] == 1.0 and late["l1"] == late["l2"] == 0.0  # shaping annealed away: outcome only
+    serial = parl(orchestrator("\\boxed{42}", spawned=0, finished=0, version=0))
+    assert (serial["parallel"], serial["finish"]) == (0.0, 0.0)
+    assert parl(orchestrator("\\boxed{42}", 2, 2, 0, finish="length"))["outcome"] == 0.0
+    assert [annealed(1.0, s, 4) for s in (0, 1, 4, 9)] == [1.0, 0.75, 0.0, 0.0] and annealed(1.0, 99, 0) == 1.0
+
+
+def test_parl_through_compute_rewards_logs_every_term_and_credits_subagents():
+    sub = Trajectory("p", "p@0/sub", [1], [5], [0.0], response_text="\\boxed{40}", agent=AgentInfo("subagent", "p#0"),
+                     meta={"answer": "42", "parent_response": "\\boxed{42}", "parent_finish": "stop"})
+    trajs = [orchestrator("\\boxed{42}", 4, 4, 0), sub]
+    metrics = compute_rewards(trajs, [RewardSpec("parl", options={"l1": 0.5, "l2": 0.3})])
+    assert trajs[0].reward == pytest.approx(1.8) and trajs[1].reward == 1.0  # sub-agent: its parent's outcome
+    assert {"parl", "parl/outcome", "parl/parallel", "parl/finish", "parl/l1", "parl/l2"} <= set(trajs[0].rewards)
+    assert metrics["reward_mean/parl/l1"] == pytest.approx(0.25)

@@ -282,14 +282,16 @@ class VLLMBackend:
     def __init__(self, engine: Any, exact_resume: bool = True) -> None:
         self.llm = engine.llm
         self.tokenizer = self.llm.get_tokenizer()
+        from vllm.platforms import current_platform
+
+        sched = self.llm.llm_engine.vllm_config.scheduler_config
+        if current_platform.is_cpu() and getattr(sched, "enable_chunked_prefill", False):
+            # Continuations are long prompts, so their prefills do get chunked, and the trainer always seeds.
+            raise ValueError(
+                "partial rollouts on vLLM/CPU need chunked prefill off: vLLM 0.32 rewinds a seeded request's "
+                "generator after a partial prefill, which CPU generators reject. Set "
+                "rollout.engine_options.enable_chunked_prefill: false (recipes/tiny/arith-moe-partial.yaml does)")
         self.exact_resume = exact_resume and _install_draw_replay(self.llm)
-        if self.exact_resume:
-            sched = self.llm.llm_engine.vllm_config.scheduler_config
-            if getattr(sched, "enable_chunked_prefill", False):
-                raise ValueError(
-                    "partial rollouts with seeded sampling on vLLM/CPU need chunked prefill off (vLLM 0.32 rewinds "
-                    "a seeded request's generator after a partial prefill, which CPU generators reject): set "
-                    "rollout.engine_options.enable_chunked_prefill: false, or partial.exact_resume: false")
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)

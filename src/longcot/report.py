@@ -107,7 +107,10 @@ def main(argv: list[str] | None = None) -> int:
             from longcot.rollout.agents_report import render_sample
         except ImportError:
             ap.error("--sample needs a parallel-agent run (longcot.rollout.agents_report is not available)")
-        print(render_sample(ns.run_dir, ns.sample))
+        try:
+            print(render_sample(ns.run_dir, ns.sample))
+        except (KeyError, FileNotFoundError) as e:  # unknown/ambiguous id, no traces: a message, not a traceback
+            ap.error(e.args[0] if e.args else str(e))
         return 0
     print(render(ns.run_dir))
     return 0

@@ -30,3 +30,14 @@ def test_recheck_lines_lengthen_traces_and_long_tail_exists():
     tail, _ = make_split(ArithSpec(long_tail_frac=0.2), 500, 10, seed=0)
     longs = [r for r in tail if r["long"]]
     assert 50 < len(longs) < 150 and all(r["difficulty"] == 12 for r in longs)
+
+
+def test_imperfect_teacher_slips_but_gold_stays_true():
+    train, held = make_split(ArithSpec(max_ops=3, slip_prob=0.3), 600, 50, seed=0)
+    wrong = 0
+    for row in train + held:
+        assert evaluate_expression(row["problem"]) == int(row["answer"])
+        boxed = int(row["solution"].rsplit("\\boxed{", 1)[1].rstrip("}"))
+        wrong += boxed != int(row["answer"])
+    # P(at least one slip) = 1 - 0.7^k over k in 1..3 steps, about 0.5; slips can cancel, rarely
+    assert 0.35 < wrong / 650 < 0.65

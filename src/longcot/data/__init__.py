@@ -31,7 +31,8 @@ class Task:
 def build_task(cfg) -> Task:
     """A :class:`Task` from a recipe's ``data`` section (``longcot.config.DataConfig``)."""
     if cfg.task == "arith":
-        spec = ArithSpec(cfg.min_ops, cfg.max_ops, cfg.max_operand, cfg.recheck_prob, cfg.long_tail_frac)
+        spec = ArithSpec(cfg.min_ops, cfg.max_ops, cfg.max_operand, cfg.recheck_prob, cfg.long_tail_frac,
+                         slip_prob=cfg.slip_prob)
         train, heldout = make_split(spec, cfg.num_train, cfg.num_heldout, cfg.seed)
         return Task(train, heldout, cfg.template)
     if cfg.task == "compound":

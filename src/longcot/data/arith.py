@@ -4,7 +4,9 @@ A problem is a chain of operations written with standard precedence, e.g. ``(7+5
 one line per step (``7+5=12``) and ends with ``\\boxed{32}``, which is the SFT warm-up target. Knobs:
 number of operations (difficulty), operand size, redundant re-checking lines (something for a length
 penalty to remove), and a long tail of much longer problems (something for partial rollouts to cut).
-Everything is deterministic by seed, and the held-out split never shares a problem with training.
+``slip_prob`` makes an imperfect teacher whose traces sometimes contain an arithmetic slip: SFT imitates
+the slips, and RL with a verifiable reward is what removes them. Everything is deterministic by seed, and
+the held-out split never shares a problem with training.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ class ArithSpec:
     recheck_prob: float = 0.0
     long_tail_frac: float = 0.0
     long_tail_mult: int = 4  # long-tail problems have this many times max_ops operations
+    slip_prob: float = 0.0  # an imperfect teacher: chance that a solver step's result is off by 1-3
 
 
 def _apply(acc: int, op: str, x: int) -> int:
@@ -41,12 +44,16 @@ def make_problem(rng: random.Random, spec: ArithSpec) -> dict:
             expr = f"({expr})"
         expr = f"{expr}{op}{x}"
         new = _apply(acc, op, x)
+        if spec.slip_prob and rng.random() < spec.slip_prob:
+            new += rng.choice([-3, -2, -1, 1, 2, 3])  # the slip carries into every later step
         lines.append(f"{acc}{op}{x}={new}")
         if spec.recheck_prob and rng.random() < spec.recheck_prob:
             lines.append(f"check {acc}{op}{x}: {new} ok")
         acc, prev_op = new, op
     solution = "\n".join(lines) + f"\n\\boxed{{{acc}}}"
-    return {"problem": expr, "answer": str(acc), "solution": solution, "difficulty": n_ops, "long": long}
+    # The gold answer is the true value, not the (possibly slipped) trace's last line.
+    answer = str(evaluate_expression(expr)) if spec.slip_prob else str(acc)
+    return {"problem": expr, "answer": answer, "solution": solution, "difficulty": n_ops, "long": long}
 
 
 def evaluate_expression(expr: str) -> int:

@@ -64,15 +64,18 @@ def seed_everything(seed: int) -> None:
 
 
 def heldout_eval(engine, tokenizer, task: Task, recipe: Recipe, out_dir: Path) -> dict:
-    """Greedy (by default) accuracy on the first ``eval.num_problems`` held-out problems."""
+    """Accuracy (avg@n: mean correctness over ``eval.n`` samples per problem) on the first
+    ``eval.num_problems`` held-out problems; greedy when ``eval.temperature`` is 0."""
     rows = task.heldout[: recipe.eval.num_problems]
     prompts = [task.prompt(r, tokenizer) for r in rows]
-    sampling = SamplingConfig(n=1, temperature=recipe.eval.temperature, max_tokens=recipe.eval.max_tokens,
+    n = recipe.eval.n if recipe.eval.temperature > 0 else 1
+    sampling = SamplingConfig(n=n, temperature=recipe.eval.temperature, max_tokens=recipe.eval.max_tokens,
                               seed=recipe.seed)
     summary = evaluate(engine, tokenizer, prompts, sampling, make_grader("math"), out_dir, ks=[1])
     m = summary["metrics"]
-    return {"accuracy": m["avg@1"], "n": len(rows), "response_len_mean": m.get("length/mean"),
-            "tokens_per_s": m.get("tokens_per_s"), **getattr(engine, "last_metrics", {})}
+    return {"accuracy": m[f"avg@{n}"], "n": len(rows), "samples_per_problem": n, "temperature": sampling.temperature,
+            "response_len_mean": m.get("length/mean"), "tokens_per_s": m.get("tokens_per_s"),
+            **getattr(engine, "last_metrics", {})}
 
 
 def prepare_model(recipe: Recipe, run: RunDir) -> str:

@@ -106,7 +106,8 @@ class RLConfig:
 class EvalConfig:
     num_problems: int = 256  # held-out problems (<= data.num_heldout)
     every: int = 0  # also evaluate every N RL steps (0: only after SFT and after RL)
-    temperature: float = 0.0
+    temperature: float = 0.0  # 0: greedy; > 0: sampled, accuracy = avg@n
+    n: int = 1  # samples per problem when sampling
     max_tokens: int = 128
 
 

@@ -41,3 +41,13 @@ def test_imperfect_teacher_slips_but_gold_stays_true():
         wrong += boxed != int(row["answer"])
     # P(at least one slip) = 1 - 0.7^k over k in 1..3 steps, about 0.5; slips can cancel, rarely
     assert 0.35 < wrong / 650 < 0.65
+
+
+def test_ops_knob_restricts_operators():
+    import pytest
+
+    train, _ = make_split(ArithSpec(min_ops=2, max_ops=4, max_operand=9, ops="+-"), 300, 10, seed=0)
+    assert all("*" not in r["problem"] and "(" not in r["problem"] for r in train)
+    assert all(2 <= r["difficulty"] <= 4 for r in train)
+    with pytest.raises(ValueError, match="subset"):
+        make_split(ArithSpec(ops="+/"), 1, 1, seed=0)

@@ -34,6 +34,7 @@ class DataConfig:
     recheck_prob: float = 0.0  # chance of a redundant "check:" line per step in solver traces
     long_tail_frac: float = 0.0  # fraction of problems whose traces are many times longer (partial rollouts)
     slip_prob: float = 0.0  # imperfect teacher: chance of an arithmetic slip per solver step (SFT traces)
+    ops: str = "+-*"  # operators the arithmetic problems use
     num_train: int = 20000
     num_heldout: int = 256
     seed: int = 0

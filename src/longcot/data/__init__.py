@@ -32,7 +32,7 @@ def build_task(cfg) -> Task:
     """A :class:`Task` from a recipe's ``data`` section (``longcot.config.DataConfig``)."""
     if cfg.task == "arith":
         spec = ArithSpec(cfg.min_ops, cfg.max_ops, cfg.max_operand, cfg.recheck_prob, cfg.long_tail_frac,
-                         slip_prob=cfg.slip_prob)
+                         slip_prob=cfg.slip_prob, ops=cfg.ops)
         train, heldout = make_split(spec, cfg.num_train, cfg.num_heldout, cfg.seed)
         return Task(train, heldout, cfg.template)
     if cfg.task == "compound":

@@ -24,6 +24,7 @@ class ArithSpec:
     long_tail_frac: float = 0.0
     long_tail_mult: int = 4  # long-tail problems have this many times max_ops operations
     slip_prob: float = 0.0  # an imperfect teacher: chance that a solver step's result is off by 1-3
+    ops: str = "+-*"  # allowed operators
 
 
 def _apply(acc: int, op: str, x: int) -> int:
@@ -31,6 +32,8 @@ def _apply(acc: int, op: str, x: int) -> int:
 
 
 def make_problem(rng: random.Random, spec: ArithSpec) -> dict:
+    if not spec.ops or set(spec.ops) - set("+-*"):
+        raise ValueError(f"arith ops must be a non-empty subset of '+-*', got {spec.ops!r}")
     """One problem row: problem text, gold answer, step-by-step solution, difficulty (= number of ops)."""
     long = spec.long_tail_frac > 0 and rng.random() < spec.long_tail_frac
     n_ops = spec.max_ops * spec.long_tail_mult if long else rng.randint(spec.min_ops, spec.max_ops)
@@ -38,7 +41,7 @@ def make_problem(rng: random.Random, spec: ArithSpec) -> dict:
     expr, prev_op = str(acc), None
     lines = []
     for _ in range(n_ops):
-        op = rng.choice("+-*")
+        op = rng.choice(spec.ops)
         x = rng.randint(2, 9) if op == "*" else rng.randint(1, spec.max_operand)
         if op == "*" and prev_op in ("+", "-"):
             expr = f"({expr})"

@@ -2,6 +2,14 @@
 
 Micro-batches are built from trajectories sorted by length, so a batch pads to the length of its own
 longest sequence, not the step's.
+
+Packing (the default where it is exact): the forward pass runs on one row that holds each distinct prompt
+once, followed by its responses, with a block mask (a response sees its prompt and its own earlier tokens)
+and per-response position ids. No pad tokens, and a group's G samples share one copy of the prompt: on the
+tiny arithmetic job that is about half the tokens of the padded [B, L] layout. Log-probs come back in the same
+response-aligned [B, T] layout, so nothing downstream changes; the padded path remains for models whose
+attention ignores a custom 4D mask (flash-attention) or that need a 2D mask (router aux loss), and for
+micro-batches too long for a dense N x N mask.
 """
 
 from __future__ import annotations
@@ -12,6 +20,20 @@ import torch
 import torch.nn.functional as F
 
 from longcot.record import Trajectory
+
+# Largest packed row: the block mask is dense (N x N bools), 4096 tokens -> 16 MiB.
+MAX_PACKED_TOKENS = 4096
+
+
+@dataclass
+class Packed:
+    """A micro-batch as one unpadded row: prompt_g, responses of prompt_g, prompt_h, ..."""
+
+    input_ids: torch.Tensor  # [1, N]
+    position_ids: torch.Tensor  # [1, N] position within its own prompt + response
+    attention_mask: torch.Tensor  # [1, 1, N, N] bool, True = query may attend to key
+    logit_index: torch.Tensor  # [B, T] packed position whose logits predict response token k of row i
+    targets: torch.Tensor  # [B, T] response token ids (0 past the end)
 
 
 @dataclass
@@ -25,14 +47,16 @@ class TokenBatch:
     rollout_logprobs: torch.Tensor
     old_logprobs: torch.Tensor | None = None
     ref_logprobs: torch.Tensor | None = None
+    packed: Packed | None = None  # the same sequences without padding, prompts shared (see module doc)
 
     @property
     def response_len(self) -> int:
         return self.mask.shape[1]
 
 
-def collate(trajs: list[Trajectory], pad_id: int) -> TokenBatch:
-    """Pad a list of trajectories into a :class:`TokenBatch` (advantage broadcast per token if scalar)."""
+def collate(trajs: list[Trajectory], pad_id: int, pack: bool = True) -> TokenBatch:
+    """Pad a list of trajectories into a :class:`TokenBatch` (advantage broadcast per token if scalar);
+    with ``pack``, also lay it out without padding (:func:`pack_trajectories`) when it fits."""
     lengths = [len(t.prompt_ids) + len(t.response_ids) for t in trajs]
     L, T = max(lengths), max(max(len(t.response_ids) for t in trajs), 1)
     B = len(trajs)
@@ -53,33 +77,89 @@ def collate(trajs: list[Trajectory], pad_id: int) -> TokenBatch:
             adv[i, :r] = torch.tensor(a, dtype=torch.float) if isinstance(a, list) else float(a)
             if t.rollout_logprobs:
                 roll[i, :r] = torch.tensor(t.rollout_logprobs[:r], dtype=torch.float)
-    return TokenBatch(input_ids, attn, start, mask, adv, roll)
+    packed = pack_trajectories(trajs, T) if pack else None
+    return TokenBatch(input_ids, attn, start, mask, adv, roll, packed=packed)
 
 
-def response_logprobs(model, b: TokenBatch, with_entropy: bool = False,
-                      temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor | None]:
+def pack_trajectories(trajs: list[Trajectory], T: int, max_tokens: int = MAX_PACKED_TOKENS) -> Packed | None:
+    """One row with every distinct prompt once and its responses after it; ``None`` if over ``max_tokens``
+    or if a trajectory has no prompt (its first response token would have nothing to be predicted from)."""
+    by_prompt: dict[tuple[int, ...], list[int]] = {}
+    for i, t in enumerate(trajs):
+        if not t.prompt_ids:
+            return None
+        by_prompt.setdefault(tuple(t.prompt_ids), []).append(i)
+    n = sum(len(p) for p in by_prompt) + sum(len(t.response_ids) for t in trajs)
+    if n > max_tokens:
+        return None
+    ids, pos, group, seq = [], [], [], []  # seq: 0 for a prompt token, i + 1 for a token of response i
+    index = torch.zeros((len(trajs), T), dtype=torch.long)
+    targets = torch.zeros((len(trajs), T), dtype=torch.long)
+    for g, (prompt, rows) in enumerate(by_prompt.items()):
+        p, last_prompt = len(prompt), len(ids) + len(prompt) - 1
+        ids += prompt
+        pos += range(p)
+        group += [g] * p
+        seq += [0] * p
+        for i in rows:
+            r, s = trajs[i].response_ids, len(ids)
+            if r:
+                # token 0 is predicted by the prompt's last position, token k > 0 by the response's token k-1
+                index[i, : len(r)] = torch.tensor([last_prompt, *range(s, s + len(r) - 1)])
+                targets[i, : len(r)] = torch.tensor(r)
+            ids += r
+            pos += range(p, p + len(r))
+            group += [g] * len(r)
+            seq += [i + 1] * len(r)
+    grp, sq, order = torch.tensor(group), torch.tensor(seq), torch.arange(len(ids))
+    allowed = ((grp[:, None] == grp[None, :]) & ((sq[None, :] == 0) | (sq[:, None] == sq[None, :]))
+               & (order[None, :] <= order[:, None]))
+    return Packed(torch.tensor([ids]), torch.tensor([pos]), allowed[None, None], index, targets)
+
+
+def can_pack(model) -> bool:
+    """Whether ``model`` computes exactly the same log-probs from a packed row as from padded rows: its
+    attention must honour a custom 4D mask (sdpa, eager) and it must not need the 2D mask itself."""
+    cfg = getattr(getattr(model, "module", model), "config", None)
+    return (cfg is not None and getattr(cfg, "_attn_implementation", None) in ("sdpa", "eager")
+            and not getattr(cfg, "output_router_logits", False))
+
+
+def response_logprobs(model, b: TokenBatch, with_entropy: bool = False, temperature: float = 1.0,
+                      entropy_grad: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs [B, T] of each response token under ``model`` (and the entropy of each position).
 
     Logits are divided by the sampling ``temperature``: the engine reports log-probs of the distribution it
     sampled from, and the policy gradient is taken through that same distribution.
 
     Only the response positions are put through log-softmax, and the logits are sliced before the
-    vocabulary-sized float work, which is what dominates memory for real vocabularies.
+    vocabulary-sized float work, which is what dominates memory for real vocabularies. With
+    ``entropy_grad=False`` the entropy comes back without an autograd graph (a metric, not a loss term).
     """
-    out = model(input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False)
-    logits = out.logits
-    B, T = b.mask.shape
-    # Position j predicts token j+1: response token k of row i is predicted at start_i + k - 1.
-    pos = (b.response_start.unsqueeze(1) - 1 + torch.arange(T).unsqueeze(0)).clamp(max=logits.shape[1] - 1)
-    resp_logits = logits.gather(1, pos.unsqueeze(-1).expand(B, T, logits.shape[-1])).float()
+    pk = b.packed
+    if pk is not None and can_pack(model):
+        dtype = next(model.parameters()).dtype  # additive float mask: sdpa would convert a bool one per layer
+        bias = torch.zeros(pk.attention_mask.shape, dtype=dtype).masked_fill_(~pk.attention_mask,
+                                                                              torch.finfo(dtype).min)
+        out = model(input_ids=pk.input_ids, position_ids=pk.position_ids, attention_mask=bias, use_cache=False)
+        resp_logits, targets = out.logits[0][pk.logit_index].float(), pk.targets
+    else:
+        out = model(input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False)
+        logits = out.logits
+        B, T = b.mask.shape
+        # Position j predicts token j+1: response token k of row i is predicted at start_i + k - 1.
+        pos = (b.response_start.unsqueeze(1) - 1 + torch.arange(T).unsqueeze(0)).clamp(max=logits.shape[1] - 1)
+        resp_logits = logits.gather(1, pos.unsqueeze(-1).expand(B, T, logits.shape[-1])).float()
+        targets = b.input_ids.gather(1, (pos + 1).clamp(max=b.input_ids.shape[1] - 1))
     if temperature > 0 and temperature != 1.0:
         resp_logits = resp_logits / temperature
-    targets = b.input_ids.gather(1, (pos + 1).clamp(max=b.input_ids.shape[1] - 1))
     logp_all = F.log_softmax(resp_logits, dim=-1)
     logp = logp_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1) * (b.mask > 0)
     entropy = None
     if with_entropy:
-        entropy = -(logp_all.exp() * logp_all).sum(-1)
+        # Only a metric unless entropy_grad (an entropy bonus in the loss): no autograd graph otherwise.
+        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+            entropy = -(logp_all.exp() * logp_all).sum(-1)
     return logp, entropy
 
 

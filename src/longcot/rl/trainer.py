@@ -80,8 +80,12 @@ class RLTrainer:
         self.temperature = recipe.rollout.temperature
 
     def _new_optimizer(self, model) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(model.parameters(), lr=self.rl.lr, betas=tuple(self.rl.betas),
-                                 weight_decay=self.rl.weight_decay)
+        # fused: one kernel for all parameters instead of a Python loop over them (same update; 2-4x faster
+        # on the tiny MoE on CPU, where the per-parameter loop was most of the optimizer's time)
+        params = list(model.parameters())
+        fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+        return torch.optim.AdamW(params, lr=self.rl.lr, betas=tuple(self.rl.betas),
+                                 weight_decay=self.rl.weight_decay, fused=fused)
 
     def _lr_scale(self, step: int) -> float:
         return min(1.0, (step + 1) / self.rl.warmup_steps) if self.rl.warmup_steps else 1.0
@@ -183,7 +187,8 @@ class RLTrainer:
 
     def _micro_step(self, c: TokenBatch, total_tokens: float, total_seqs: float, first: bool) -> dict:
         rl = self.rl
-        logp, entropy = response_logprobs(self.model, c, with_entropy=True, temperature=self.temperature)
+        logp, entropy = response_logprobs(self.model, c, with_entropy=True, temperature=self.temperature,
+                                          entropy_grad=bool(rl.entropy_coef))
         old = c.old_logprobs if c.old_logprobs is not None else logp.detach()
         batch = LossBatch(logprobs=logp, old_logprobs=old, advantages=c.advantages, mask=c.mask,
                           ref_logprobs=c.ref_logprobs, rollout_logprobs=c.rollout_logprobs,

@@ -1,0 +1,82 @@
+"""Packed micro-batches (no padding, one copy of a group's prompt) give the padded layout's log-probs,
+entropies and gradients, and fall back to padding where packing would not be exact."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from longcot.policies.build import build_tiny_moe
+from longcot.policies.load import load_policy
+from longcot.record import Trajectory
+from longcot.rl.batch import can_pack, collate, pack_trajectories, response_logprobs
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return load_policy(build_tiny_moe(tmp_path_factory.mktemp("m"), seed=1, num_hidden_layers=2))
+
+
+def groups_of(sizes: list[int], seed: int = 0) -> list[Trajectory]:
+    """Groups sharing a prompt (like GRPO's G samples), responses of different lengths, one masked token."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for gi, n in enumerate(sizes):
+        prompt = torch.randint(4, 90, (5 + 3 * gi,), generator=g).tolist()
+        for i in range(n):
+            r = torch.randint(4, 90, (int(torch.randint(1, 12, (1,), generator=g)),), generator=g).tolist()
+            t = Trajectory(f"p{gi}", f"p{gi}@0", prompt, r, [0.0] * len(r), advantage=float(i % 3 - 1))
+            if len(r) > 2:
+                t.loss_mask = [1, 0] + [1] * (len(r) - 2)
+            out.append(t)
+    return out
+
+
+def loss_and_grads(model, b, with_entropy=True):
+    logp, ent = response_logprobs(model, b, with_entropy=with_entropy, temperature=0.7, entropy_grad=True)
+    loss = -(logp * b.advantages * b.mask).sum() / b.mask.sum() - 0.01 * (ent * b.mask).sum() / b.mask.sum()
+    loss.backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad(set_to_none=True)
+    return logp.detach(), ent.detach(), grads
+
+
+def test_packed_equals_padded(model):
+    trajs = groups_of([4, 3, 1])
+    packed, padded = collate(trajs, pad_id=0), collate(trajs, pad_id=0, pack=False)
+    assert packed.packed is not None and padded.packed is None
+    # each prompt once, every response token once
+    n_tokens = sum(len(p) for p in {tuple(t.prompt_ids) for t in trajs}) + sum(len(t.response_ids) for t in trajs)
+    assert packed.packed.input_ids.shape == (1, n_tokens) < padded.input_ids.shape
+    lp1, e1, g1 = loss_and_grads(model, packed)
+    lp2, e2, g2 = loss_and_grads(model, padded)
+    m = packed.mask > 0
+    assert torch.allclose(lp1[m], lp2[m], atol=2e-5) and (lp1[~m] == 0).all()
+    assert torch.allclose(e1[m], e2[m], atol=2e-5)
+    for a, b in zip(g1, g2, strict=True):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-3)
+
+
+def test_layout_and_mask():
+    trajs = groups_of([2])
+    p = len(trajs[0].prompt_ids)
+    r0, r1 = (len(t.response_ids) for t in trajs)
+    pk = pack_trajectories(trajs, T=max(r0, r1))
+    assert pk.position_ids[0].tolist() == list(range(p)) + list(range(p, p + r0)) + list(range(p, p + r1))
+    allowed = pk.attention_mask[0, 0]
+    first_of_r1 = p + r0
+    assert allowed[first_of_r1, :p].all() and not allowed[first_of_r1, p:first_of_r1].any()  # not r0
+    assert allowed[first_of_r1, first_of_r1] and not allowed[p - 1, p:].any()  # prompt never sees responses
+    # response 1's first token is predicted from the shared prompt's last position
+    assert pk.logit_index[1, 0] == p - 1 and pk.logit_index[1, 1] == first_of_r1
+
+
+def test_falls_back_to_padding(model, tmp_path):
+    trajs = groups_of([3])
+    assert pack_trajectories(trajs, T=12, max_tokens=5) is None
+    aux = load_policy(build_tiny_moe(tmp_path / "aux", num_hidden_layers=1, output_router_logits=True))
+    assert can_pack(model) and not can_pack(aux)
+    b = collate(trajs, pad_id=0)
+    with torch.no_grad():  # a model that cannot take the packed row still gets the right answer
+        want = response_logprobs(aux, collate(trajs, pad_id=0, pack=False))[0]
+        assert torch.allclose(response_logprobs(aux, b)[0], want)

@@ -43,8 +43,8 @@ RECIPE = ROOT / "recipes/tiny/arith-moe.yaml"
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--rounds", type=int, default=4, help="alternations of N TRL steps then N longcot steps")
-    ap.add_argument("--steps", type=int, default=8, help="N: steps of each trainer per round")
+    ap.add_argument("--rounds", type=int, default=16, help="alternations of N TRL steps then N longcot steps")
+    ap.add_argument("--steps", type=int, default=2, help="N: steps of each trainer per round")
     ap.add_argument("--prompts", type=int, default=2, help="prompts per step")
     ap.add_argument("--n", type=int, default=8, help="samples per prompt (2 x 8 = 16 completions per step)")
     ap.add_argument("--max-tokens", type=int, default=128)

@@ -121,6 +121,7 @@ class WorkerPool:
             msg = w.conn.recv()
         except (EOFError, OSError):  # the worker died (segfault, OOM killer ...)
             if w.job is not None:
+                w.proc.join(timeout=5)  # the pipe closes before the process is reaped: wait for its exit code
                 results[w.job] = ("error", f"worker died (exit code {w.proc.exitcode})")
                 w.job = None
             self._replace(w)

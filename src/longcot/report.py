@@ -11,21 +11,15 @@ import json
 import statistics
 from pathlib import Path
 
+from longcot.jsonl import read_jsonl
+
 CURVES = (("reward_mean", "reward"), ("accuracy", "train accuracy"), ("response_len_mean", "response length"))
 
 
 def read_metrics(path: str | Path) -> list[dict]:
+    """The rows of a run's ``metrics.jsonl`` ([] before the first step)."""
     path = Path(path)
-    if not path.is_file():
-        return []
-    rows = []
-    for i, line in enumerate(path.read_text().splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{i}: not a JSON row ({e})") from e
-    return rows
+    return read_jsonl(path) if path.is_file() else []
 
 
 def plot_curves(metrics_path: str | Path, out_png: str | Path) -> Path | None:

@@ -14,6 +14,7 @@ import json
 import sys
 from pathlib import Path
 
+from longcot.jsonl import read_jsonl
 from longcot.record import Trajectory
 from longcot.rewards import REWARDS, RewardSpec, compute_rewards
 
@@ -59,14 +60,10 @@ def row_to_sample(row: dict, where: str) -> Trajectory:
 
 
 def read_rows(path: Path) -> list[dict]:
-    rows = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise SystemExit(f"{path}:{n}: not valid JSON ({e})") from None
-    return rows
+    try:
+        return read_jsonl(path)
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
 
 
 def score_main(argv: list[str]) -> int:

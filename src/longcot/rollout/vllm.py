@@ -75,6 +75,11 @@ class VLLMEngine:
         tok_path = llm_kwargs.pop("tokenizer_path", None) or _tokenizer_path(tokenizer)
         set_threads = torch.set_num_threads  # vLLM's CPU worker replaces it with a no-op; see _restore
         t0 = time.perf_counter()
+        if not torch.cuda.is_available():
+            # vLLM 0.32 CPU bug: a chunked prefill of a seeded request rewinds its generator with set_offset,
+            # which CPU generators reject ("CPU Generator does not use offset"). Every training request is
+            # seeded, so whole-prompt prefill is the CPU default (an explicit engine option still wins).
+            llm_kwargs.setdefault("enable_chunked_prefill", False)
         self.llm = vllm.LLM(
             model=str(model_path), tokenizer=tok_path, max_model_len=max_model_len, seed=seed, dtype=dtype,
             gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager,

@@ -42,3 +42,16 @@ def test_length_sorted_chunks_group_similar_lengths():
     trajs = [Trajectory(str(i), "g", [1] * n, [2], [0.0]) for i, n in enumerate([9, 1, 5, 2, 8, 3])]
     chunks = length_sorted_chunks(trajs, 2)
     assert [[len(t.prompt_ids) for t in c] for c in chunks] == [[1, 2], [3, 5], [8, 9]]
+
+
+def test_batch_moves_to_the_model_device_whole():
+    """Collation runs on the CPU; the trainer moves each micro-batch to the model's device. Every tensor,
+    the packed layout included, must travel (a GPU policy fails on the first one left behind)."""
+    trajs = [Trajectory("a", "g", [5, 6], [8, 9], [-1.0, -1.0], advantage=1.0),
+             Trajectory("b", "g", [5, 6], [10], [-1.0], advantage=-1.0)]
+    b = collate(trajs, pad_id=0)
+    b.old_logprobs = torch.zeros_like(b.mask)
+    moved = b.to("meta")
+    tensors = [v for v in vars(moved).values() if isinstance(v, torch.Tensor)] + list(vars(moved.packed).values())
+    assert len(tensors) == 12 and all(t.device.type == "meta" for t in tensors)
+    assert moved.ref_logprobs is None and b.mask.device.type == "cpu"

@@ -14,7 +14,7 @@ micro-batches too long for a dense N x N mask.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +35,9 @@ class Packed:
     logit_index: torch.Tensor  # [B, T] packed position whose logits predict response token k of row i
     targets: torch.Tensor  # [B, T] response token ids (0 past the end)
 
+    def to(self, device: torch.device | str) -> Packed:
+        return Packed(*(getattr(self, f.name).to(device) for f in fields(self)))
+
 
 @dataclass
 class TokenBatch:
@@ -52,6 +55,11 @@ class TokenBatch:
     @property
     def response_len(self) -> int:
         return self.mask.shape[1]
+
+    def to(self, device: torch.device | str) -> TokenBatch:
+        """The same batch on ``device`` (collation happens on the CPU; the model may live on a GPU)."""
+        moved = {f.name: getattr(self, f.name) for f in fields(self)}
+        return TokenBatch(**{k: v.to(device) if v is not None else None for k, v in moved.items()})
 
 
 def collate(trajs: list[Trajectory], pad_id: int, pack: bool = True) -> TokenBatch:
@@ -139,8 +147,9 @@ def response_logprobs(model, b: TokenBatch, with_entropy: bool = False, temperat
     pk = b.packed
     if pk is not None and can_pack(model):
         dtype = next(model.parameters()).dtype  # additive float mask: sdpa would convert a bool one per layer
-        bias = torch.zeros(pk.attention_mask.shape, dtype=dtype).masked_fill_(~pk.attention_mask,
-                                                                              torch.finfo(dtype).min)
+        allowed = pk.attention_mask
+        bias = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed,
+                                                                                           torch.finfo(dtype).min)
         out = model(input_ids=pk.input_ids, position_ids=pk.position_ids, attention_mask=bias, use_cache=False)
         resp_logits, targets = out.logits[0][pk.logit_index].float(), pk.targets
     else:
@@ -148,7 +157,8 @@ def response_logprobs(model, b: TokenBatch, with_entropy: bool = False, temperat
         logits = out.logits
         B, T = b.mask.shape
         # Position j predicts token j+1: response token k of row i is predicted at start_i + k - 1.
-        pos = (b.response_start.unsqueeze(1) - 1 + torch.arange(T).unsqueeze(0)).clamp(max=logits.shape[1] - 1)
+        offsets = torch.arange(T, device=logits.device).unsqueeze(0)
+        pos = (b.response_start.unsqueeze(1) - 1 + offsets).clamp(max=logits.shape[1] - 1)
         resp_logits = logits.gather(1, pos.unsqueeze(-1).expand(B, T, logits.shape[-1])).float()
         targets = b.input_ids.gather(1, (pos + 1).clamp(max=b.input_ids.shape[1] - 1))
     if temperature > 0 and temperature != 1.0:

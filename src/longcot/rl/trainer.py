@@ -74,7 +74,7 @@ class RLTrainer:
         self.loss_fn = LOSSES.get(self.rl.loss.name)
         self.ref_model = None
         if self.rl.kl_coef:
-            self.ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+            self.ref_model = copy.deepcopy(model).eval().requires_grad_(False).to(self.accelerator.device)
         self.model, self.optimizer = self.accelerator.prepare(model, self._new_optimizer(model))
         self.version = 0
         self.temperature = recipe.rollout.temperature
@@ -142,8 +142,8 @@ class RLTrainer:
         ref: dict[int, list[float]] = {}
         with torch.no_grad():
             for chunk in length_sorted_chunks(live, self.rl.micro_batch_size):
-                lp = response_logprobs(self.ref_model, collate(chunk, self.tokenizer.pad_token_id),
-                                       temperature=self.temperature)[0]
+                batch = collate(chunk, self.tokenizer.pad_token_id).to(self.accelerator.device)
+                lp = response_logprobs(self.ref_model, batch, temperature=self.temperature)[0]
                 for t, row in zip(chunk, lp.tolist(), strict=True):
                     ref[id(t)] = row[: len(t.response_ids)]
         apply_kl_to_rewards(live, [ref[id(t)] for t in live], self.rl.kl_coef, self.rl.kl_estimator)
@@ -155,7 +155,9 @@ class RLTrainer:
         live = [t for t in trajs if t.response_ids]
         if not live:  # nothing finished this step (partial rollouts) or nothing kept (dynamic sampling)
             return {"skipped_update": 1.0}
-        chunks = [collate(c, self.tokenizer.pad_token_id) for c in length_sorted_chunks(live, rl.micro_batch_size)]
+        device = self.accelerator.device
+        chunks = [collate(c, self.tokenizer.pad_token_id).to(device)
+                  for c in length_sorted_chunks(live, rl.micro_batch_size)]
         total_tokens = float(sum(c.mask.sum() for c in chunks))
         total_seqs = float(sum((c.mask.sum(-1) > 0).sum() for c in chunks))
         kl_in_loss = self.ref_model is not None and rl.kl_in == "loss"

@@ -9,7 +9,7 @@ import torch
 from longcot.policies.build import build_tiny_moe
 from longcot.policies.load import load_policy
 from longcot.record import Trajectory
-from longcot.rl.batch import can_pack, collate, pack_trajectories, response_logprobs
+from longcot.rl.batch import can_pack, collate, group_ordered_chunks, pack_trajectories, response_logprobs
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +55,31 @@ def test_packed_equals_padded(model):
     assert torch.allclose(e1[m], e2[m], atol=2e-5)
     for a, b in zip(g1, g2, strict=True):
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-3)
+
+
+def test_several_rows_equal_padded(model):
+    """Short rows (the default keeps a row's N x N attention small): a group may span two rows, rows end
+    in padding; log-probs, entropies and gradients still match the padded layout."""
+    trajs = groups_of([4, 3, 1, 2])
+    b = collate(trajs, pad_id=0, pack=False)
+    b.packed = pack_trajectories(trajs, T=b.mask.shape[1], row_tokens=24)
+    rows, N = b.packed.input_ids.shape
+    assert rows >= 3 and (b.packed.input_ids[:, -1] == 0).any()  # several rows, some padded at the end
+    lp1, e1, g1 = loss_and_grads(model, b)
+    lp2, e2, g2 = loss_and_grads(model, collate(trajs, pad_id=0, pack=False))
+    m = b.mask > 0
+    assert torch.allclose(lp1[m], lp2[m], atol=2e-5) and torch.allclose(e1[m], e2[m], atol=2e-5)
+    for a, c in zip(g1, g2, strict=True):
+        assert torch.allclose(a, c, atol=1e-5, rtol=1e-3)
+
+
+def test_mask_memory_cap_and_group_order():
+    trajs = groups_of([3, 3])
+    assert pack_trajectories(trajs, T=12, max_tokens=20, row_tokens=1000) is None  # 1 row of > 20 tokens
+    assert pack_trajectories(trajs, T=12, max_tokens=1000, row_tokens=1000) is not None
+    shuffled = [trajs[i] for i in (0, 3, 1, 4, 2, 5)]
+    chunks = group_ordered_chunks(shuffled, 4)
+    assert [t.group_id for t in chunks[0]] == ["p0@0"] * 3 + ["p1@0"] and len(chunks[1]) == 2
 
 
 def test_layout_and_mask():

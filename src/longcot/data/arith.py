@@ -32,9 +32,9 @@ def _apply(acc: int, op: str, x: int) -> int:
 
 
 def make_problem(rng: random.Random, spec: ArithSpec) -> dict:
+    """One problem row: problem text, gold answer, step-by-step solution, difficulty (= number of ops)."""
     if not spec.ops or set(spec.ops) - set("+-*"):
         raise ValueError(f"arith ops must be a non-empty subset of '+-*', got {spec.ops!r}")
-    """One problem row: problem text, gold answer, step-by-step solution, difficulty (= number of ops)."""
     long = spec.long_tail_frac > 0 and rng.random() < spec.long_tail_frac
     n_ops = spec.max_ops * spec.long_tail_mult if long else rng.randint(spec.min_ops, spec.max_ops)
     acc = rng.randint(1, spec.max_operand)

@@ -1,15 +1,16 @@
 """Trajectories -> padded tensors, and per-token log-probs of a causal LM.
 
-Micro-batches are built from trajectories sorted by length, so a batch pads to the length of its own
-longest sequence, not the step's.
+Two layouts. Padded: micro-batches of trajectories sorted by length, so a batch pads to the length of its
+own longest sequence, not the step's.
 
-Packing (the default where it is exact): the forward pass runs on one row that holds each distinct prompt
-once, followed by its responses, with a block mask (a response sees its prompt and its own earlier tokens)
-and per-response position ids. No pad tokens, and a group's G samples share one copy of the prompt: on the
-tiny arithmetic job that is about half the tokens of the padded [B, L] layout. Log-probs come back in the same
-response-aligned [B, T] layout, so nothing downstream changes; the padded path remains for models whose
-attention ignores a custom 4D mask (flash-attention) or that need a 2D mask (router aux loss), and for
-micro-batches too long for a dense N x N mask.
+Packed (the default where it is exact): micro-batches keep a prompt's samples together, and each is laid
+out as a few rows of about PACK_ROW_TOKENS tokens that hold each distinct prompt once, followed by its
+responses, with a block mask (a response sees its prompt and its own earlier tokens) and per-response
+position ids. A group's G samples share one copy of the prompt and almost nothing is padding: on the tiny
+arithmetic job about half the tokens of the padded [B, L] layout. Rows stay short because a row's attention
+is N x N. Log-probs come back in the same response-aligned [B, T] layout, so nothing downstream changes; the
+padded path remains for models whose attention ignores a custom 4D mask (flash-attention) or that need a 2D
+mask (router aux loss), and for sequences too long for a dense N x N mask.
 """
 
 from __future__ import annotations
@@ -21,18 +22,20 @@ import torch.nn.functional as F
 
 from longcot.record import Trajectory
 
-# Largest packed row: the block mask is dense (N x N bools), 4096 tokens -> 16 MiB.
+# Longest sequence the packed layout takes: a row's block mask is dense (N x N bools), 4096 -> 16 MiB.
 MAX_PACKED_TOKENS = 4096
+# Target tokens per packed row (see pack_trajectories: attention cost grows with N^2 per row).
+PACK_ROW_TOKENS = 256
 
 
 @dataclass
 class Packed:
-    """A micro-batch as one unpadded row: prompt_g, responses of prompt_g, prompt_h, ..."""
+    """A micro-batch as R rows of shared prompts and their responses: prompt_g, responses of prompt_g, ..."""
 
-    input_ids: torch.Tensor  # [1, N]
-    position_ids: torch.Tensor  # [1, N] position within its own prompt + response
-    attention_mask: torch.Tensor  # [1, 1, N, N] bool, True = query may attend to key
-    logit_index: torch.Tensor  # [B, T] packed position whose logits predict response token k of row i
+    input_ids: torch.Tensor  # [R, N] (rows shorter than N end in padding that only sees itself)
+    position_ids: torch.Tensor  # [R, N] position within its own prompt + response
+    attention_mask: torch.Tensor  # [R, 1, N, N] bool, True = query may attend to key
+    logit_index: torch.Tensor  # [B, T] flat position (row * N + col) whose logits predict response token k
     targets: torch.Tensor  # [B, T] response token ids (0 past the end)
 
     def to(self, device: torch.device | str) -> Packed:
@@ -89,40 +92,77 @@ def collate(trajs: list[Trajectory], pad_id: int, pack: bool = True) -> TokenBat
     return TokenBatch(input_ids, attn, start, mask, adv, roll, packed=packed)
 
 
-def pack_trajectories(trajs: list[Trajectory], T: int, max_tokens: int = MAX_PACKED_TOKENS) -> Packed | None:
-    """One row with every distinct prompt once and its responses after it; ``None`` if over ``max_tokens``
-    or if a trajectory has no prompt (its first response token would have nothing to be predicted from)."""
-    by_prompt: dict[tuple[int, ...], list[int]] = {}
-    for i, t in enumerate(trajs):
-        if not t.prompt_ids:
-            return None
-        by_prompt.setdefault(tuple(t.prompt_ids), []).append(i)
-    n = sum(len(p) for p in by_prompt) + sum(len(t.response_ids) for t in trajs)
-    if n > max_tokens:
+def pack_trajectories(trajs: list[Trajectory], T: int, max_tokens: int = MAX_PACKED_TOKENS,
+                      row_tokens: int = PACK_ROW_TOKENS) -> Packed | None:
+    """Rows of about ``row_tokens`` tokens, each holding distinct prompts once with their responses after
+    them; ``None`` if the masks would hold more than ``max_tokens**2`` entries (one prompt + response over
+    ``max_tokens`` included) or a trajectory has no prompt (its first response token would have nothing to be
+    predicted from).
+
+    Why several short rows and not one long one: a row's attention is N x N under the block mask, so one
+    row of 2000 tokens costs far more than four of 500 (tiny MoE, CPU, forward+backward of 256 samples of
+    ~25 tokens: one length-sorted row per 64 samples 5.7 s, padded 2.4 s)."""
+    if any(not t.prompt_ids or len(t.prompt_ids) + len(t.response_ids) > max_tokens for t in trajs):
         return None
-    ids, pos, group, seq = [], [], [], []  # seq: 0 for a prompt token, i + 1 for a token of response i
+    rows = _assign_rows(trajs, row_tokens)
+    N = max(n for _, n in rows)
+    R = len(rows)
+    if R * N * N > max_tokens**2:  # the masks' memory: long responses take the padded path (2D mask)
+        return None
+    input_ids = torch.zeros((R, N), dtype=torch.long)
+    position_ids = torch.zeros((R, N), dtype=torch.long)
+    allowed = torch.zeros((R, 1, N, N), dtype=torch.bool)
     index = torch.zeros((len(trajs), T), dtype=torch.long)
     targets = torch.zeros((len(trajs), T), dtype=torch.long)
-    for g, (prompt, rows) in enumerate(by_prompt.items()):
-        p, last_prompt = len(prompt), len(ids) + len(prompt) - 1
-        ids += prompt
-        pos += range(p)
-        group += [g] * p
-        seq += [0] * p
-        for i in rows:
-            r, s = trajs[i].response_ids, len(ids)
+    for row, (members, _) in enumerate(rows):
+        ids, pos, seq, group = [], [], [], []  # seq: 0 for a prompt token, i + 1 for a token of response i
+        prompt_end: dict[tuple[int, ...], int] = {}
+        for i in members:
+            t = trajs[i]
+            prompt, r = tuple(t.prompt_ids), t.response_ids
+            if prompt not in prompt_end:
+                ids += prompt
+                pos += range(len(prompt))
+                seq += [0] * len(prompt)
+                group += [len(prompt_end)] * len(prompt)
+                prompt_end[prompt] = len(ids) - 1
+            s = len(ids)
             if r:
                 # token 0 is predicted by the prompt's last position, token k > 0 by the response's token k-1
-                index[i, : len(r)] = torch.tensor([last_prompt, *range(s, s + len(r) - 1)])
+                index[i, : len(r)] = row * N + torch.tensor([prompt_end[prompt], *range(s, s + len(r) - 1)])
                 targets[i, : len(r)] = torch.tensor(r)
             ids += r
-            pos += range(p, p + len(r))
-            group += [g] * len(r)
+            pos += range(len(prompt), len(prompt) + len(r))
             seq += [i + 1] * len(r)
-    grp, sq, order = torch.tensor(group), torch.tensor(seq), torch.arange(len(ids))
-    allowed = ((grp[:, None] == grp[None, :]) & ((sq[None, :] == 0) | (sq[:, None] == sq[None, :]))
-               & (order[None, :] <= order[:, None]))
-    return Packed(torch.tensor([ids]), torch.tensor([pos]), allowed[None, None], index, targets)
+            group += [list(prompt_end).index(prompt)] * len(r)
+        n = len(ids)
+        input_ids[row, :n], position_ids[row, :n] = torch.tensor(ids), torch.tensor(pos)
+        grp, sq, order = torch.tensor(group), torch.tensor(seq), torch.arange(n)
+        allowed[row, 0, :n, :n] = ((grp[:, None] == grp[None, :]) & ((sq[None, :] == 0) | (sq[:, None] == sq[None, :]))
+                                   & (order[None, :] <= order[:, None]))
+        allowed[row, 0, n:, n:] = torch.eye(N - n, dtype=torch.bool)  # padding sees itself: no empty softmax row
+    return Packed(input_ids, position_ids, allowed, index, targets)
+
+
+def _assign_rows(trajs: list[Trajectory], row_tokens: int) -> list[tuple[list[int], int]]:
+    """Trajectory indices per row, same-prompt trajectories kept together, and each row's token count."""
+    by_prompt: dict[tuple[int, ...], list[int]] = {}
+    for i, t in enumerate(trajs):
+        by_prompt.setdefault(tuple(t.prompt_ids), []).append(i)
+    rows: list[tuple[list[int], int]] = []
+    cur, cur_n, cur_prompts = [], 0, set()
+    for prompt, members in by_prompt.items():
+        for i in members:
+            add = len(trajs[i].response_ids) + (0 if prompt in cur_prompts else len(prompt))
+            if cur and cur_n + add > row_tokens:
+                rows.append((cur, cur_n))
+                cur, cur_n, cur_prompts = [], 0, set()
+                add = len(trajs[i].response_ids) + len(prompt)
+            cur.append(i)
+            cur_n += add
+            cur_prompts.add(prompt)
+    rows.append((cur, cur_n))
+    return rows
 
 
 def can_pack(model) -> bool:
@@ -151,7 +191,8 @@ def response_logprobs(model, b: TokenBatch, with_entropy: bool = False, temperat
         bias = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed,
                                                                                            torch.finfo(dtype).min)
         out = model(input_ids=pk.input_ids, position_ids=pk.position_ids, attention_mask=bias, use_cache=False)
-        resp_logits, targets = out.logits[0][pk.logit_index].float(), pk.targets
+        logits = out.logits.reshape(-1, out.logits.shape[-1])
+        resp_logits, targets = logits[pk.logit_index].float(), pk.targets
     else:
         out = model(input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False)
         logits = out.logits
@@ -171,6 +212,19 @@ def response_logprobs(model, b: TokenBatch, with_entropy: bool = False, temperat
         with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
             entropy = -(logp_all.exp() * logp_all).sum(-1)
     return logp, entropy
+
+
+def group_ordered_chunks(trajs: list[Trajectory], size: int) -> list[list[Trajectory]]:
+    """Micro-batches of ``size`` with the samples of one prompt next to each other, for the packed layout
+    (a prompt is stored once per row that holds its samples)."""
+    order = sorted(range(len(trajs)), key=lambda i: (trajs[i].group_id, i))
+    return [[trajs[i] for i in order[k : k + size]] for k in range(0, len(order), size)]
+
+
+def micro_batches(model, trajs: list[Trajectory], size: int) -> list[list[Trajectory]]:
+    """The trainer's micro-batches: group-ordered when ``model`` takes the packed layout, else sorted by
+    length (padding is what costs there)."""
+    return group_ordered_chunks(trajs, size) if can_pack(model) else length_sorted_chunks(trajs, size)
 
 
 def length_sorted_chunks(trajs: list[Trajectory], size: int) -> list[list[Trajectory]]:

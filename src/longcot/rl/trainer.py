@@ -22,7 +22,7 @@ from longcot.config import Recipe
 from longcot.record import Trajectory
 from longcot.rewards.registry import RewardSpec, compute_rewards
 from longcot.rl.advantages import assign_advantages
-from longcot.rl.batch import TokenBatch, collate, length_sorted_chunks, response_logprobs
+from longcot.rl.batch import TokenBatch, collate, micro_batches, response_logprobs
 from longcot.rl.dynamic_sampling import dynamic_sample
 from longcot.rl.kl import apply_kl_to_rewards
 from longcot.rl.length_penalty import length_penalty_weight
@@ -141,7 +141,7 @@ class RLTrainer:
         live = [t for t in trajs if t.response_ids]
         ref: dict[int, list[float]] = {}
         with torch.no_grad():
-            for chunk in length_sorted_chunks(live, self.rl.micro_batch_size):
+            for chunk in micro_batches(self.ref_model, live, self.rl.micro_batch_size):
                 batch = collate(chunk, self.tokenizer.pad_token_id).to(self.accelerator.device)
                 lp = response_logprobs(self.ref_model, batch, temperature=self.temperature)[0]
                 for t, row in zip(chunk, lp.tolist(), strict=True):
@@ -157,7 +157,7 @@ class RLTrainer:
             return {"skipped_update": 1.0}
         device = self.accelerator.device
         chunks = [collate(c, self.tokenizer.pad_token_id).to(device)
-                  for c in length_sorted_chunks(live, rl.micro_batch_size)]
+                  for c in micro_batches(self.model, live, rl.micro_batch_size)]
         total_tokens = float(sum(c.mask.sum() for c in chunks))
         total_seqs = float(sum((c.mask.sum(-1) > 0).sum() for c in chunks))
         kl_in_loss = self.ref_model is not None and rl.kl_in == "loss"

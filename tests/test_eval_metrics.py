@@ -108,5 +108,6 @@ def test_summarize_keys_and_values():
     assert m["maj@4"] == 0.5  # a: tie 7/8 -> earliest "7" is right; b: no votes
     assert m["maj@2"] == 0.5
     assert m["truncation_rate"] == 0.5 and m["no_answer_rate"] == 0.5
+    assert m["length/correct_mean"] == 20.0  # the two right answers of a: 10 and 30 tokens
     assert [p["id"] for p in out["per_problem"]] == ["a", "b"]
     assert out["per_problem"][0]["maj_answer"] == "7" and out["per_problem"][0]["mean_length"] == 25.0

@@ -74,7 +74,8 @@ def heldout_eval(engine, tokenizer, task: Task, recipe: Recipe, out_dir: Path) -
     summary = evaluate(engine, tokenizer, prompts, sampling, make_grader("math"), out_dir, ks=[1])
     m = summary["metrics"]
     return {"accuracy": m[f"avg@{n}"], "n": len(rows), "samples_per_problem": n, "temperature": sampling.temperature,
-            "response_len_mean": m.get("length/mean"), "tokens_per_s": m.get("tokens_per_s"),
+            "response_len_mean": m.get("length/mean"), "correct_len_mean": m.get("length/correct_mean"),
+            "tokens_per_s": m.get("tokens_per_s"),
             **getattr(engine, "last_metrics", {})}
 
 

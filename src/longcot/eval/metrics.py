@@ -171,6 +171,9 @@ def summarize(
     for k in ks:
         metrics[f"maj@{k}"] = mean_maj_at_k(answers, correct, k)
     metrics.update(length_stats([s["tokens"] for s in samples], [s["finish"] for s in samples]))
+    right = [s["tokens"] for s in samples if s["correct"]]
+    # what a length penalty should shorten: correct answers (wrong ones are often truncated or cut short)
+    metrics["length/correct_mean"] = float(np.mean(right)) if right else 0.0
     metrics["num_problems"] = len(per_problem)
     metrics["num_samples"] = len(samples)
     metrics["no_answer_rate"] = float(np.mean([vote_key(s.get("extracted")) is None for s in samples]))

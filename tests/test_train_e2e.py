@@ -41,3 +41,25 @@ def test_few_step_training_run_writes_everything(tmp_path, capsys, monkeypatch):
     assert cli_main(["report", str(run)]) == 0
     out = capsys.readouterr().out
     assert "generate" in out and "after_rl" in out
+
+
+@pytest.mark.slow
+def test_few_step_parl_run_writes_agent_trees_and_curves(tmp_path, monkeypatch):
+    """The PARL recipe end to end at toy size: orchestrator rollouts with sub-agents, the PARL reward terms
+    logged per step, agent trees on disk and the agent curves written at the end."""
+    monkeypatch.setenv("LONGCOT_NO_PROGRESS", "1")
+    rc = cli_main(["train", str(ROOT / "recipes/tiny/parl-arith.yaml"), f"out_dir={tmp_path}", "name=parl",
+                   "sft.num_examples=48", "rl.steps=2", "rl.prompts_per_step=2", "rollout.n=2",
+                   "eval.num_problems=4", "data.num_train=64", "data.num_heldout=4", "rollout.max_tokens=96",
+                   "eval.max_tokens=96", "agents.subagent_max_tokens=48", "rl.checkpoint_every=0"])
+    assert rc == 0
+    run = tmp_path / "parl"
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1]
+    for r in rows:
+        assert {"rewards/parl/outcome", "rewards/parl/parallel", "rewards/parl/l1", "agents/multi_agent_frac",
+                "agents/critical_path_tokens_mean"} <= set(r)
+    summary = json.loads((run / "summary.json").read_text())
+    assert "agents/critical_path_tokens_mean" in summary["eval"]["after_rl"]
+    assert list((run / "agents").glob("step*.jsonl"))
+    assert (run / "agents" / "curves.png").stat().st_size > 1000

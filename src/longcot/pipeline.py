@@ -159,6 +159,10 @@ def train(recipe: Recipe) -> dict:
     from longcot.report import plot_curves
 
     plot_curves(run.metrics_path, run.root / "curves.png")
+    if recipe.agents.enabled:
+        from longcot.rollout.agents_report import plot_agent_curves
+
+        plot_agent_curves(run.root)  # agents/curves.png: sub-agents, critical path, PARL reward terms
     return run.summary
 
 

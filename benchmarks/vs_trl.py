@@ -29,6 +29,7 @@ Run:  OMP_NUM_THREADS=1 .venv/bin/python benchmarks/vs_trl.py   (writes benchmar
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -82,7 +83,8 @@ def prepare_policy(recipe, cache: Path) -> Path:
     from longcot.policies.build import build_tiny_moe
     from longcot.policies.load import load_policy, load_tokenizer
 
-    key = {"build_seed": recipe.model.build_seed, "sft": vars(recipe.sft), "data": recipe.data.template,
+    # the whole data section: a change of task (e.g. the teacher's slips) must not reuse an old checkpoint
+    key = {"build_seed": recipe.model.build_seed, "sft": vars(recipe.sft), "data": dataclasses.asdict(recipe.data),
            "seed": recipe.seed}
     stamp = cache / "sft_key.json"
     sft_path = cache / "checkpoints" / "sft"

@@ -12,6 +12,7 @@ the held-out split never shares a problem with training.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -26,6 +27,10 @@ class ArithSpec:
     slip_prob: float = 0.0  # an imperfect teacher: chance that a solver step's result is off by 1-3
     ops: str = "+-*"  # allowed operators
 
+    def __post_init__(self) -> None:
+        if not self.ops or set(self.ops) - set("+-*"):
+            raise ValueError(f"arith ops must be a non-empty subset of '+-*', got {self.ops!r}")
+
 
 def _apply(acc: int, op: str, x: int) -> int:
     return acc + x if op == "+" else acc - x if op == "-" else acc * x
@@ -33,8 +38,6 @@ def _apply(acc: int, op: str, x: int) -> int:
 
 def make_problem(rng: random.Random, spec: ArithSpec) -> dict:
     """One problem row: problem text, gold answer, step-by-step solution, difficulty (= number of ops)."""
-    if not spec.ops or set(spec.ops) - set("+-*"):
-        raise ValueError(f"arith ops must be a non-empty subset of '+-*', got {spec.ops!r}")
     long = spec.long_tail_frac > 0 and rng.random() < spec.long_tail_frac
     n_ops = spec.max_ops * spec.long_tail_mult if long else rng.randint(spec.min_ops, spec.max_ops)
     acc = rng.randint(1, spec.max_operand)
@@ -68,22 +71,33 @@ def evaluate_expression(expr: str) -> int:
 
 def make_split(spec: ArithSpec, n_train: int, n_heldout: int, seed: int) -> tuple[list[dict], list[dict]]:
     """Deterministic (train, heldout) rows; no held-out problem text appears in train."""
-    held_rng = random.Random(f"arith-heldout-{seed}")
-    heldout, seen = [], set()
+    return disjoint_split(lambda rng: make_problem(rng, spec), n_train, n_heldout, f"arith-{{}}-{seed}",
+                          f"{spec}: raise max_ops or max_operand")
+
+
+def disjoint_split(draw: Callable[[random.Random], dict], n_train: int, n_heldout: int, rng_name: str,
+                   hint: str) -> tuple[list[dict], list[dict]]:
+    """(train, heldout) rows from ``draw``: distinct held-out problems, then training problems whose text is
+    not among them, each split from its own RNG (``rng_name`` with ``{}`` = "heldout" / "train"), so the
+    held-out set does not depend on ``n_train``. ``hint`` says what to change when the problem space is too
+    small to fill the splits (instead of drawing forever)."""
+    held_rng = random.Random(rng_name.format("heldout"))
+    heldout, seen, attempts = [], set(), 0
     while len(heldout) < n_heldout:
-        row = make_problem(held_rng, spec)
+        attempts += 1
+        if attempts > 50 * n_heldout + 1000:
+            raise ValueError(f"cannot draw {n_heldout} distinct held-out problems with {hint}")
+        row = draw(held_rng)
         if row["problem"] not in seen:
             seen.add(row["problem"])
             heldout.append({**row, "id": f"heldout-{len(heldout)}"})
-    train_rng = random.Random(f"arith-train-{seed}")
-    train = []
-    attempts = 0
+    train_rng = random.Random(rng_name.format("train"))
+    train, attempts = [], 0
     while len(train) < n_train:
         attempts += 1
         if attempts > 50 * n_train + 1000:
-            raise ValueError(f"cannot draw {n_train} training problems disjoint from held-out with {spec}: "
-                             "raise max_ops or max_operand")
-        row = make_problem(train_rng, spec)
+            raise ValueError(f"cannot draw {n_train} training problems disjoint from held-out with {hint}")
+        row = draw(train_rng)
         if row["problem"] not in seen:
             train.append({**row, "id": f"train-{len(train)}"})
     return train, heldout

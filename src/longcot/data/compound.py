@@ -22,7 +22,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from longcot.data.arith import _apply
+from longcot.data.arith import _apply, disjoint_split
 from longcot.rollout.agents_protocol import WAIT, format_results
 
 NAMES = "abcdefgh"
@@ -180,19 +180,8 @@ def _value(row: dict, name: str) -> int:
 
 def make_compound_split(spec: CompoundSpec, n_train: int, n_heldout: int, seed: int) -> tuple[list, list]:
     """Deterministic (train, heldout) rows with disjoint problem texts."""
-    held_rng, train_rng = random.Random(f"compound-heldout-{seed}"), random.Random(f"compound-train-{seed}")
-    heldout, seen = [], set()
-    while len(heldout) < n_heldout:
-        row = make_compound(held_rng, spec)
-        if row["problem"] not in seen:
-            seen.add(row["problem"])
-            heldout.append({**row, "id": f"heldout-{len(heldout)}"})
-    train = []
-    while len(train) < n_train:
-        row = make_compound(train_rng, spec)
-        if row["problem"] not in seen:
-            train.append({**row, "id": f"train-{len(train)}"})
-    return train, heldout
+    return disjoint_split(lambda rng: make_compound(rng, spec), n_train, n_heldout, f"compound-{{}}-{seed}",
+                          f"{spec}: raise max_parts, max_ops or max_operand")
 
 
 def build_compound_task(cfg):

@@ -116,25 +116,27 @@ def pack_trajectories(trajs: list[Trajectory], T: int, max_tokens: int = MAX_PAC
     targets = torch.zeros((len(trajs), T), dtype=torch.long)
     for row, (members, _) in enumerate(rows):
         ids, pos, seq, group = [], [], [], []  # seq: 0 for a prompt token, i + 1 for a token of response i
-        prompt_end: dict[tuple[int, ...], int] = {}
+        prompt_at: dict[tuple[int, ...], tuple[int, int]] = {}  # prompt -> (its last position, its group)
         for i in members:
             t = trajs[i]
             prompt, r = tuple(t.prompt_ids), t.response_ids
-            if prompt not in prompt_end:
+            if prompt not in prompt_at:
+                g = len(prompt_at)
                 ids += prompt
                 pos += range(len(prompt))
                 seq += [0] * len(prompt)
-                group += [len(prompt_end)] * len(prompt)
-                prompt_end[prompt] = len(ids) - 1
+                group += [g] * len(prompt)
+                prompt_at[prompt] = (len(ids) - 1, g)
+            last, g = prompt_at[prompt]
             s = len(ids)
             if r:
                 # token 0 is predicted by the prompt's last position, token k > 0 by the response's token k-1
-                index[i, : len(r)] = row * N + torch.tensor([prompt_end[prompt], *range(s, s + len(r) - 1)])
+                index[i, : len(r)] = row * N + torch.tensor([last, *range(s, s + len(r) - 1)])
                 targets[i, : len(r)] = torch.tensor(r)
             ids += r
             pos += range(len(prompt), len(prompt) + len(r))
             seq += [i + 1] * len(r)
-            group += [list(prompt_end).index(prompt)] * len(r)
+            group += [g] * len(r)
         n = len(ids)
         input_ids[row, :n], position_ids[row, :n] = torch.tensor(ids), torch.tensor(pos)
         grp, sq, order = torch.tensor(group), torch.tensor(seq), torch.arange(n)

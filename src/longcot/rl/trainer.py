@@ -22,7 +22,7 @@ from longcot.config import Recipe
 from longcot.record import Trajectory
 from longcot.rewards.registry import RewardSpec, compute_rewards
 from longcot.rl.advantages import assign_advantages
-from longcot.rl.batch import TokenBatch, collate, micro_batches, response_logprobs
+from longcot.rl.batch import TokenBatch, can_pack, collate, micro_batches, response_logprobs
 from longcot.rl.dynamic_sampling import dynamic_sample
 from longcot.rl.kl import apply_kl_to_rewards
 from longcot.rl.length_penalty import length_penalty_weight
@@ -141,12 +141,18 @@ class RLTrainer:
         live = [t for t in trajs if t.response_ids]
         ref: dict[int, list[float]] = {}
         with torch.no_grad():
-            for chunk in micro_batches(self.ref_model, live, self.rl.micro_batch_size):
-                batch = collate(chunk, self.tokenizer.pad_token_id).to(self.accelerator.device)
+            for chunk, batch in self._batches(self.ref_model, live):
                 lp = response_logprobs(self.ref_model, batch, temperature=self.temperature)[0]
                 for t, row in zip(chunk, lp.tolist(), strict=True):
                     ref[id(t)] = row[: len(t.response_ids)]
         apply_kl_to_rewards(live, [ref[id(t)] for t in live], self.rl.kl_coef, self.rl.kl_estimator)
+
+    def _batches(self, model, trajs: list[Trajectory]) -> list[tuple[list[Trajectory], TokenBatch]]:
+        """Micro-batches for ``model`` as (trajectories, tensors on its device); the packed layout is built only
+        when ``model`` can use it (its block masks are N x N per row: no point building them otherwise)."""
+        pack = can_pack(model)
+        return [(chunk, collate(chunk, self.tokenizer.pad_token_id, pack=pack).to(self.accelerator.device))
+                for chunk in micro_batches(model, trajs, self.rl.micro_batch_size)]
 
     def _update(self, trajs: list[Trajectory], timer: StepTimer) -> dict:
         """``updates_per_step`` optimizer steps over the batch. On-policy with one update, pi_old is the
@@ -155,9 +161,7 @@ class RLTrainer:
         live = [t for t in trajs if t.response_ids]
         if not live:  # nothing finished this step (partial rollouts) or nothing kept (dynamic sampling)
             return {"skipped_update": 1.0}
-        device = self.accelerator.device
-        chunks = [collate(c, self.tokenizer.pad_token_id).to(device)
-                  for c in micro_batches(self.model, live, rl.micro_batch_size)]
+        chunks = [batch for _, batch in self._batches(self.model, live)]
         total_tokens = float(sum(c.mask.sum() for c in chunks))
         total_seqs = float(sum((c.mask.sum(-1) > 0).sum() for c in chunks))
         kl_in_loss = self.ref_model is not None and rl.kl_in == "loss"

@@ -24,7 +24,14 @@ def read_metrics(path: str | Path) -> list[dict]:
 
 def plot_curves(metrics_path: str | Path, out_png: str | Path) -> Path | None:
     """Reward, accuracy and response length per RL step (and held-out accuracy when logged)."""
-    rows = read_metrics(metrics_path)
+    return plot_metric_grid(read_metrics(metrics_path), CURVES, out_png, ncols=len(CURVES),
+                            heldout={"accuracy": "eval/accuracy"})
+
+
+def plot_metric_grid(rows: list[dict], curves: tuple[tuple[str, str], ...], out_png: str | Path, ncols: int,
+                     heldout: dict[str, str] | None = None) -> Path | None:
+    """One panel per ``(metrics key, title)`` against the RL step (steps without the key are skipped);
+    ``heldout`` maps a panel's key to a periodic eval key drawn over it as points. None without rows."""
     if not rows:
         return None
     import matplotlib
@@ -32,21 +39,25 @@ def plot_curves(metrics_path: str | Path, out_png: str | Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(CURVES), figsize=(4.2 * len(CURVES), 3.2))
-    steps = [r["step"] for r in rows]
-    for ax, (key, title) in zip(axes, CURVES, strict=True):
-        ax.plot(steps, [r.get(key) for r in rows], lw=1.2)
-        if key == "accuracy" and any("eval/accuracy" in r for r in rows):
-            ev = [(r["step"], r["eval/accuracy"]) for r in rows if "eval/accuracy" in r]
+    nrows = -(-len(curves) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.2 * nrows), squeeze=False)
+    for ax, (key, title) in zip(axes.flat, curves, strict=True):
+        pts = [(r["step"], r[key]) for r in rows if key in r]
+        if pts:
+            ax.plot(*zip(*pts, strict=True), lw=1.2)
+        ev = [(r["step"], r[heldout[key]]) for r in rows if heldout and key in heldout and heldout[key] in r]
+        if ev:
             ax.plot(*zip(*ev, strict=True), "o-", label="held-out")
             ax.legend()
         ax.set_title(title)
         ax.set_xlabel("RL step")
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out_png, dpi=110)
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
     plt.close(fig)
-    return Path(out_png)
+    return out
 
 
 def time_breakdown(rows: list[dict]) -> dict[str, dict[str, float]]:

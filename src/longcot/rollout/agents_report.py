@@ -128,27 +128,7 @@ AGENT_CURVES = (("accuracy", "train accuracy"), ("agents/multi_agent_frac", "sam
 
 def plot_agent_curves(run_dir: str | Path, out_png: str | Path | None = None) -> Path | None:
     """Per-step PARL curves of a run (``metrics.jsonl``) into ``RUN/agents/curves.png``; None without rows."""
-    from longcot.report import read_metrics
-
-    rows = read_metrics(Path(run_dir) / "metrics.jsonl")
-    if not rows:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from longcot.report import plot_metric_grid, read_metrics
 
     out = Path(out_png) if out_png else Path(run_dir) / "agents" / "curves.png"
-    fig, axes = plt.subplots(2, 4, figsize=(16, 6.4))
-    for ax, (key, title) in zip(axes.flat, AGENT_CURVES, strict=True):
-        pts = [(r["step"], r[key]) for r in rows if key in r]
-        if pts:
-            ax.plot(*zip(*pts, strict=True), lw=1.2)
-        ax.set_title(title)
-        ax.set_xlabel("RL step")
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return plot_metric_grid(read_metrics(Path(run_dir) / "metrics.jsonl"), AGENT_CURVES, out, ncols=4)

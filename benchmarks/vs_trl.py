@@ -49,30 +49,40 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--prompts", type=int, default=2, help="prompts per step")
     ap.add_argument("--n", type=int, default=8, help="samples per prompt (2 x 8 = 16 completions per step)")
     ap.add_argument("--max-tokens", type=int, default=128)
-    ap.add_argument("--lr", type=float, default=5e-4)
-    ap.add_argument("--eval-problems", type=int, default=128)
+    ap.add_argument("--lr", type=float, default=1e-4, help="the demo recipe's (5e-4 degrades this model)")
+    ap.add_argument("--eval-problems", type=int, default=512)
     ap.add_argument("--sft-examples", type=int, default=12000)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="RL seed (sampling); the SFT checkpoint has its own")
+    ap.add_argument("--sft-seed", type=int, default=0, help="seed of the shared SFT checkpoint")
     ap.add_argument("--cache", default=str(ROOT / "runs/bench-vs-trl"), help="SFT checkpoint and eval samples")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/vs_trl.json"))
     ap.add_argument("--eager", action="store_true", help="vLLM without compilation (slower decode, fast start)")
     ap.add_argument("--prepare-only", action="store_true", help="build + SFT the shared checkpoint and stop")
+    ap.add_argument("overrides", nargs="*", help="extra recipe key=value overrides (both trainers)")
     return ap.parse_args(argv)
 
 
-def make_recipe(args: argparse.Namespace):
-    """longcot's recipe for this job: the tiny demo recipe with the benchmark's sizes."""
+# The job: DESIGN.md's baseline of 16 completions x up to 128 tokens. Chains of 2-4 additions/subtractions
+# where the solver re-checks every step on its own line ("7+5=12" then "check 7+5: 12 ok", a long-CoT habit)
+# give completions of ~83 tokens (at most 124); the teacher slips on 10% of its steps, so the SFT'd policy
+# is imperfect and RL has something to fix. (Chains of 8-14 steps without re-checks have the same length
+# but the tiny model gets 3% of them right after SFT: nothing for either trainer to learn from.)
+JOB = ["data.min_ops=2", "data.max_ops=4", "data.recheck_prob=1.0", "data.slip_prob=0.1", "data.num_heldout=512"]
+
+
+def make_recipe(args: argparse.Namespace, seed: int | None = None):
+    """longcot's recipe for this job: the tiny demo recipe with the benchmark's task and sizes."""
     from longcot.config import load_recipe
 
     return load_recipe(RECIPE, [
-        "name=bench-vs-trl", f"seed={args.seed}", "threads=1", f"out_dir={args.cache}",
+        *JOB, "name=bench-vs-trl", f"seed={args.seed if seed is None else seed}", "threads=1", f"out_dir={args.cache}",
         f"sft.num_examples={args.sft_examples}", "rollout.engine=vllm", f"rollout.n={args.n}",
         f"rollout.max_tokens={args.max_tokens}", "rollout.temperature=1.0", f"rl.prompts_per_step={args.prompts}",
         f"rl.lr={args.lr}", "rl.betas=[0.9,0.99]", "rl.weight_decay=0.0", "rl.grad_clip=1.0", "rl.warmup_steps=0",
         "rl.loss.name=ppo_clip", "rl.loss.options={clip_low: 0.2, clip_high: 0.2}", "rl.aggregation=token-mean",
         "rl.kl_coef=0.0", "rl.updates_per_step=1", f"rollout.engine_options={{enforce_eager: {args.eager}}}",
         f"eval.num_problems={args.eval_problems}",
-        f"eval.max_tokens={args.max_tokens}", "eval.temperature=0.0",
+        f"eval.max_tokens={args.max_tokens}", "eval.temperature=0.0", *args.overrides,
     ])
 
 
@@ -241,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     recipe = make_recipe(args)
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
-    sft_path = prepare_policy(recipe, cache)
+    sft_path = prepare_policy(make_recipe(args, seed=args.sft_seed), cache)
     if args.prepare_only:
         return 0
     torch.set_num_threads(1)
@@ -315,6 +325,7 @@ def report(args, recipe, trl_s, trl_tokens, gen_s, lc_s, lc_rows, acc0, acc_trl,
         "settings": {"rounds": args.rounds, "steps_per_round": args.steps, "prompts_per_step": args.prompts,
                      "samples_per_prompt": args.n, "max_tokens": args.max_tokens, "lr": args.lr,
                      "eval_problems": args.eval_problems, "sft_examples": args.sft_examples, "seed": args.seed,
+                     "sft_seed": args.sft_seed, "job": JOB + list(args.overrides),
                      "threads": 1, "trl_loss": "dapo, epsilon 0.2, beta 0", "longcot_loss":
                      "ppo_clip 0.2/0.2, token-mean", "optimizer": "AdamW betas (0.9, 0.99), wd 0, constant lr"},
         "versions": {"torch": torch.__version__, "trl": trl.__version__, "vllm": vllm.__version__},

@@ -53,5 +53,5 @@ def test_batch_moves_to_the_model_device_whole():
     b.old_logprobs = torch.zeros_like(b.mask)
     moved = b.to("meta")
     tensors = [v for v in vars(moved).values() if isinstance(v, torch.Tensor)] + list(vars(moved.packed).values())
-    assert len(tensors) == 12 and all(t.device.type == "meta" for t in tensors)
+    assert len(tensors) == 17 and all(t.device.type == "meta" for t in tensors)
     assert moved.ref_logprobs is None and b.mask.device.type == "cpu"

@@ -57,14 +57,14 @@ def test_packed_equals_padded(model):
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-3)
 
 
-def test_several_rows_equal_padded(model):
-    """Short rows (the default keeps a row's N x N attention small): a group may span two rows, rows end
-    in padding; log-probs, entropies and gradients still match the padded layout."""
+def test_uneven_groups_and_an_empty_response_equal_padded(model):
+    """Groups of different sizes, prompts of different lengths (padding inside the per-prompt and
+    per-response attention blocks), one response with no tokens: log-probs, entropies and gradients still
+    match the padded layout."""
     trajs = groups_of([4, 3, 1, 2])
-    b = collate(trajs, pad_id=0, pack=False)
-    b.packed = pack_trajectories(trajs, T=b.mask.shape[1], row_tokens=24)
-    rows, N = b.packed.input_ids.shape
-    assert rows >= 3 and (b.packed.input_ids[:, -1] == 0).any()  # several rows, some padded at the end
+    trajs.insert(2, Trajectory("p0", "p0@0", list(trajs[0].prompt_ids), [], []))
+    b = collate(trajs, pad_id=0)
+    assert b.packed is not None and b.packed.query_index.shape[0] == len(trajs) - 1
     lp1, e1, g1 = loss_and_grads(model, b)
     lp2, e2, g2 = loss_and_grads(model, collate(trajs, pad_id=0, pack=False))
     m = b.mask > 0
@@ -75,8 +75,8 @@ def test_several_rows_equal_padded(model):
 
 def test_mask_memory_cap_and_group_order():
     trajs = groups_of([3, 3])
-    assert pack_trajectories(trajs, T=12, max_tokens=20, row_tokens=1000) is None  # 1 row of > 20 tokens
-    assert pack_trajectories(trajs, T=12, max_tokens=1000, row_tokens=1000) is not None
+    assert pack_trajectories(trajs, T=12, max_tokens=10) is None  # masks of > 100 entries
+    assert pack_trajectories(trajs, T=12, max_tokens=1000) is not None
     shuffled = [trajs[i] for i in (0, 3, 1, 4, 2, 5)]
     chunks = group_ordered_chunks(shuffled, 4)
     assert [t.group_id for t in chunks[0]] == ["p0@0"] * 3 + ["p1@0"] and len(chunks[1]) == 2
@@ -87,21 +87,40 @@ def test_layout_and_mask():
     p = len(trajs[0].prompt_ids)
     r0, r1 = (len(t.response_ids) for t in trajs)
     pk = pack_trajectories(trajs, T=max(r0, r1))
+    assert pk.input_ids.shape == (1, p + r0 + r1)  # one copy of the prompt, no padding
     assert pk.position_ids[0].tolist() == list(range(p)) + list(range(p, p + r0)) + list(range(p, p + r1))
-    allowed = pk.attention_mask[0, 0]
+    assert pk.prompt_index.tolist() == [list(range(p))] and pk.prompt_mask[0, 0].equal(
+        torch.ones(p, p, dtype=torch.bool).tril())
+    # response 1 attends to the prompt and its own earlier tokens, never to response 0
     first_of_r1 = p + r0
-    assert allowed[first_of_r1, :p].all() and not allowed[first_of_r1, p:first_of_r1].any()  # not r0
-    assert allowed[first_of_r1, first_of_r1] and not allowed[p - 1, p:].any()  # prompt never sees responses
+    assert pk.context_index[1].tolist()[: p + r1] == list(range(p)) + list(range(first_of_r1, first_of_r1 + r1))
+    allowed = pk.context_mask[1, 0]
+    assert allowed[0, : p + 1].all() and not allowed[0, p + 1 :].any()
+    assert allowed[r1 - 1, : p + r1].all()
     # response 1's first token is predicted from the shared prompt's last position
     assert pk.logit_index[1, 0] == p - 1 and pk.logit_index[1, 1] == first_of_r1
 
 
 def test_falls_back_to_padding(model, tmp_path):
     trajs = groups_of([3])
-    assert pack_trajectories(trajs, T=12, max_tokens=5) is None
+    assert pack_trajectories(trajs, T=12, max_tokens=5) is None  # masks too large: padded path
     aux = load_policy(build_tiny_moe(tmp_path / "aux", num_hidden_layers=1, output_router_logits=True))
     assert can_pack(model) and not can_pack(aux)
     b = collate(trajs, pad_id=0)
     with torch.no_grad():  # a model that cannot take the packed row still gets the right answer
         want = response_logprobs(aux, collate(trajs, pad_id=0, pack=False))[0]
         assert torch.allclose(response_logprobs(aux, b)[0], want)
+
+
+def test_gradient_checkpointing_recomputes_the_packed_attention(tmp_path):
+    """Checkpointing re-runs each layer's forward during backward: it must take the packed attention again
+    (the switch lasts; a switch only around the forward failed with a CheckpointError)."""
+    ckpt = load_policy(build_tiny_moe(tmp_path / "c", seed=1, num_hidden_layers=2))
+    ckpt.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    ckpt.train()
+    trajs = groups_of([3, 2])
+    lp1, _, g1 = loss_and_grads(ckpt, collate(trajs, pad_id=0))
+    assert ckpt.config._attn_implementation == "longcot_packed"
+    lp2, _, g2 = loss_and_grads(ckpt, collate(trajs, pad_id=0, pack=False))  # sdpa through the same function
+    for a, c in zip(g1, g2, strict=True):
+        assert torch.allclose(a, c, atol=1e-5, rtol=1e-3)

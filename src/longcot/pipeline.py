@@ -100,7 +100,8 @@ def run_sft_stage(recipe: Recipe, model, tokenizer, task: Task, run: RunDir) -> 
     out = run.checkpoint("sft")
     metrics = run_sft(model, tokenizer, pairs, out, lr=recipe.sft.lr, epochs=recipe.sft.epochs,
                       batch_size=recipe.sft.batch_size, warmup_ratio=recipe.sft.warmup_ratio,
-                      weight_decay=recipe.sft.weight_decay, seed=recipe.seed)
+                      weight_decay=recipe.sft.weight_decay, seed=recipe.seed,
+                      gradient_checkpointing=recipe.sft.gradient_checkpointing)
     run.update_summary(sft={"examples": len(pairs), **metrics})
     return str(out)
 

@@ -19,3 +19,25 @@ def test_hung_job_is_killed_and_worker_replaced():
         assert pool.map("operator:mul", [(6, 7)], timeout=30) == [("ok", 42)]
     finally:
         pool.close()
+
+
+def test_start_spawns_workers_without_waiting_and_map_reuses_them():
+    pool = WorkerPool(2, preload=("math_verify",))
+    try:
+        t0 = time.monotonic()
+        assert pool.start() is pool
+        assert time.monotonic() - t0 < 2.0  # spawned, not waited for (importing math_verify takes ~1 s)
+        started = [w.proc.pid for w in pool._workers]
+        assert len(started) == 2 and all(w.proc.is_alive() for w in pool._workers)
+        assert pool.map("operator:add", [(1, 2), (3, 4)], timeout=60) == [("ok", 3), ("ok", 7)]
+        assert [w.proc.pid for w in pool._workers] == started  # the pre-started workers ran the jobs
+    finally:
+        pool.close()
+
+
+def test_prepare_rewards_starts_the_math_pool():
+    from longcot.rewards.pool import _POOLS
+    from longcot.rewards.registry import RewardSpec, prepare_rewards
+
+    prepare_rewards([RewardSpec("math"), RewardSpec("k15_length")])  # k15_length has nothing to prepare
+    assert "math" in _POOLS and _POOLS["math"]._workers

@@ -77,8 +77,7 @@ def code_batch(
         jobs.append((tests, code, lim, mode))
         where.append(i)
     if jobs:
-        pool = get_pool("code", preload=("longcot.rewards.executor",))
-        for i, (status, value) in zip(where, pool.map("longcot.rewards.executor:grade", jobs, hard), strict=True):
+        for i, (status, value) in zip(where, _pool().map("longcot.rewards.executor:grade", jobs, hard), strict=True):
             if status != "ok":
                 out[i] = RuntimeError(f"code grading {status}: {value}")
             elif details:
@@ -86,6 +85,10 @@ def code_batch(
             else:
                 out[i] = value["score"]
     return out
+
+
+def _pool():
+    return get_pool("code", preload=("longcot.rewards.executor",))
 
 
 @reward("code")
@@ -105,3 +108,4 @@ def code(
 
 
 code.batch = code_batch
+code.prepare = lambda: _pool().start()  # prepare_rewards: workers start with the trainer, not mid-step

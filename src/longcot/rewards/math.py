@@ -217,6 +217,10 @@ def _check_options(fallback: str, timeout_s: float) -> None:
         raise ValueError(f"math reward: timeout_s must be > 0, got {timeout_s}")
 
 
+def _pool():
+    return get_pool("math", preload=("math_verify", "longcot.rewards.math"))
+
+
 def math_batch(
     samples: list[Trajectory],
     *,
@@ -244,8 +248,7 @@ def math_batch(
         else:
             out[i] = job
     if jobs:
-        pool = get_pool("math", preload=("math_verify", "longcot.rewards.math"))
-        results = pool.map("longcot.rewards.math:verify_answer", jobs, timeout_s)
+        results = _pool().map("longcot.rewards.math:verify_answer", jobs, timeout_s)
         for i, (status, value) in zip(where, results, strict=True):
             if status == "ok":
                 out[i] = float(bool(value))
@@ -275,3 +278,4 @@ def math(
 
 
 math.batch = math_batch  # compute_rewards grades a whole batch at once through the pool when it can
+math.prepare = lambda: _pool().start()  # prepare_rewards: workers start with the trainer, not mid-step

@@ -84,6 +84,14 @@ class WorkerPool:
         self._workers.remove(w)
         self._ensure()
 
+    def start(self) -> WorkerPool:
+        """Spawn the workers now and return at once; they import in the background and the first ``map``
+        waits only for what is left. Why: a pool first needed mid-run (say the first answer that is not a
+        plain integer) otherwise charges its ~1 s start to one training step."""
+        with self._lock:
+            self._ensure()
+        return self
+
     def map(self, target: str, jobs: list[tuple], timeout: float) -> list[Result]:
         """Run ``target(*args)`` for every ``args`` in ``jobs``; each job gets at most ``timeout`` seconds."""
         with self._lock:

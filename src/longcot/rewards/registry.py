@@ -130,6 +130,15 @@ def _per_sample(trajs: list[Trajectory], spec: RewardSpec, fn: Callable, errors:
         t.rewards[spec.name] = spec.on_error
 
 
+def prepare_rewards(specs: list[RewardSpec]) -> None:
+    """Let each reward get ready before the first step (a reward's optional ``prepare()``: the built-in math
+    and code rewards start their worker pools), so that start-up never lands inside a timed step."""
+    for spec in specs:
+        prepare = getattr(spec.resolve(), "prepare", None)
+        if prepare is not None:
+            prepare()
+
+
 def compute_rewards(trajs: list[Trajectory], specs: list[RewardSpec]) -> dict[str, float]:
     """Score every trajectory with every spec; set ``t.rewards[...]`` (every component) and ``t.reward``.
 

@@ -3,39 +3,49 @@
 Two layouts. Padded: micro-batches of trajectories sorted by length, so a batch pads to the length of its
 own longest sequence, not the step's.
 
-Packed (the default where it is exact): micro-batches keep a prompt's samples together, and each is laid
-out as a few rows of about PACK_ROW_TOKENS tokens that hold each distinct prompt once, followed by its
-responses, with a block mask (a response sees its prompt and its own earlier tokens) and per-response
-position ids. A group's G samples share one copy of the prompt and almost nothing is padding: on the tiny
-arithmetic job about half the tokens of the padded [B, L] layout. Rows stay short because a row's attention
-is N x N. Log-probs come back in the same response-aligned [B, T] layout, so nothing downstream changes; the
-padded path remains for models whose attention ignores a custom 4D mask (flash-attention) or that need a 2D
-mask (router aux loss), and for sequences too long for a dense N x N mask.
+Packed (the default where it is exact): micro-batches keep a prompt's samples together and are laid out
+as ONE row with no padding: each distinct prompt once, followed by its responses, with per-response position
+ids. Every per-token layer (projections, experts, norms: nearly all of the compute) runs on exactly the real
+tokens, and a group's G samples share one copy of the prompt. Attention is the only part that needs to know
+the layout: :func:`packed_attention` (registered with transformers as ``longcot_packed``) gathers each
+prompt's queries (causal) and each response's queries against its prompt + its own earlier tokens, padded
+per response, in two ``scaled_dot_product_attention`` calls per layer. Log-probs come back in the same
+response-aligned [B, T] layout, so nothing downstream changes. The padded path remains for models whose
+attention does not go through transformers' attention interface as sdpa/eager, or that need a 2D mask
+(router aux loss), and for sequences too long for the per-response masks.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import torch
 import torch.nn.functional as F
 
 from longcot.record import Trajectory
 
-# Longest sequence the packed layout takes: a row's block mask is dense (N x N bools), 4096 -> 16 MiB.
+# The packed layout's masks (prompt x prompt and response x (prompt + response) per micro-batch) hold at most
+# MAX_PACKED_TOKENS**2 bools (16 MiB); beyond that a micro-batch takes the padded path.
 MAX_PACKED_TOKENS = 4096
-# Target tokens per packed row (see pack_trajectories: attention cost grows with N^2 per row).
-PACK_ROW_TOKENS = 256
+ATTENTION_NAME = "longcot_packed"  # the attention implementation registered with transformers
 
 
 @dataclass
 class Packed:
-    """A micro-batch as R rows of shared prompts and their responses: prompt_g, responses of prompt_g, ..."""
+    """A micro-batch as one unpadded row: prompt_g, responses of prompt_g, ... (see the module doc).
 
-    input_ids: torch.Tensor  # [R, N] (rows shorter than N end in padding that only sees itself)
-    position_ids: torch.Tensor  # [R, N] position within its own prompt + response
-    attention_mask: torch.Tensor  # [R, 1, N, N] bool, True = query may attend to key
-    logit_index: torch.Tensor  # [B, T] flat position (row * N + col) whose logits predict response token k
+    Index tensors point into the row (N tokens); padding entries point at position 0 and are masked out.
+    """
+
+    input_ids: torch.Tensor  # [1, N]
+    position_ids: torch.Tensor  # [1, N] position within its own prompt + response
+    prompt_index: torch.Tensor  # [G, P] each distinct prompt's tokens
+    prompt_mask: torch.Tensor  # [G, 1, P, P] bool, causal within the prompt
+    query_index: torch.Tensor  # [B', L] each non-empty response's tokens
+    context_index: torch.Tensor  # [B', P + L] its prompt's tokens, then its own
+    context_mask: torch.Tensor  # [B', 1, L, P + L] bool: the whole prompt, own earlier tokens
+    output_index: torch.Tensor  # [N] where token n's attention output sits in cat(prompt out, response out)
+    logit_index: torch.Tensor  # [B, T] position in the row whose logits predict response token k
     targets: torch.Tensor  # [B, T] response token ids (0 past the end)
 
     def to(self, device: torch.device | str) -> Packed:
@@ -92,86 +102,118 @@ def collate(trajs: list[Trajectory], pad_id: int, pack: bool = True) -> TokenBat
     return TokenBatch(input_ids, attn, start, mask, adv, roll, packed=packed)
 
 
-def pack_trajectories(trajs: list[Trajectory], T: int, max_tokens: int = MAX_PACKED_TOKENS,
-                      row_tokens: int = PACK_ROW_TOKENS) -> Packed | None:
-    """Rows of about ``row_tokens`` tokens, each holding distinct prompts once with their responses after
-    them; ``None`` if the masks would hold more than ``max_tokens**2`` entries (one prompt + response over
-    ``max_tokens`` included) or a trajectory has no prompt (its first response token would have nothing to be
-    predicted from).
+def pack_trajectories(trajs: list[Trajectory], T: int, max_tokens: int = MAX_PACKED_TOKENS) -> Packed | None:
+    """The unpadded one-row layout of ``trajs``; ``None`` if its masks would hold more than ``max_tokens**2``
+    entries or a trajectory has no prompt (its first response token would have nothing to be predicted from).
 
-    Why several short rows and not one long one: a row's attention is N x N under the block mask, so one
-    row of 2000 tokens costs far more than four of 500 (tiny MoE, CPU, forward+backward of 256 samples of
-    ~25 tokens: one length-sorted row per 64 samples 5.7 s, padded 2.4 s)."""
-    if any(not t.prompt_ids or len(t.prompt_ids) + len(t.response_ids) > max_tokens for t in trajs):
+    Why not rows with an N x N block mask (the previous layout): the mask's N^2 attention work and the rows'
+    padding cost more than the per-response attention here (tiny MoE, CPU, 16 responses of ~85 tokens:
+    forward+backward 0.32 s in rows of 256 tokens or padded, 0.25 s in this layout)."""
+    if any(not t.prompt_ids for t in trajs):
         return None
-    rows = _assign_rows(trajs, row_tokens)
-    N = max(n for _, n in rows)
-    R = len(rows)
-    if R * N * N > max_tokens**2:  # the masks' memory: long responses take the padded path (2D mask)
+    ids, pos, prompts, spans = _one_row(trajs)
+    live = [sp for sp in spans if sp[3]]
+    G, P = len(prompts), max(n for _, n in prompts)
+    L = max((sp[3] for sp in live), default=1)
+    if G * P * P + len(live) * L * (P + L) > max_tokens**2:
         return None
-    input_ids = torch.zeros((R, N), dtype=torch.long)
-    position_ids = torch.zeros((R, N), dtype=torch.long)
-    allowed = torch.zeros((R, 1, N, N), dtype=torch.bool)
-    index = torch.zeros((len(trajs), T), dtype=torch.long)
+    arange_p, arange_l = torch.arange(P), torch.arange(L)
+    p_start, p_len = torch.tensor(prompts, dtype=torch.long).reshape(-1, 2).unbind(1)
+    p_valid = arange_p[None, :] < p_len[:, None]  # [G, P]
+    prompt_index = torch.where(p_valid, p_start[:, None] + arange_p[None, :], 0)
+    causal_p = arange_p[None, :] <= arange_p[:, None]
+    # a padding query row sees key 0 only: no empty softmax row (its output is never gathered)
+    prompt_mask = (causal_p[None] & p_valid[:, None, :]) | (~p_valid[:, :, None] & (arange_p == 0)[None, None, :])
+    ps, pl, rs, rl = torch.tensor(live, dtype=torch.long).reshape(-1, 4).unbind(1)
+    q_valid = arange_l[None, :] < rl[:, None]  # [B', L]
+    query_index = torch.where(q_valid, rs[:, None] + arange_l[None, :], 0)
+    ctx_prompt_valid = arange_p[None, :] < pl[:, None]
+    context_index = torch.cat([torch.where(ctx_prompt_valid, ps[:, None] + arange_p[None, :], 0), query_index], 1)
+    sees_response = (arange_l[None, :] <= arange_l[:, None])[None] & q_valid[:, None, :]  # [B', L, L]
+    context_mask = torch.cat([ctx_prompt_valid[:, None, :].expand(-1, L, -1), sees_response], 2)
+    context_mask[:, :, 0] |= ~q_valid  # padding query rows see key 0 only
+    output_index = torch.zeros(len(ids), dtype=torch.long)
+    output_index[prompt_index[p_valid]] = torch.arange(G * P).reshape(G, P)[p_valid]
+    output_index[query_index[q_valid]] = G * P + torch.arange(len(live) * L).reshape(len(live), L)[q_valid]
+    logit_index = torch.zeros((len(trajs), T), dtype=torch.long)
     targets = torch.zeros((len(trajs), T), dtype=torch.long)
-    for row, (members, _) in enumerate(rows):
-        ids, pos, seq, group = [], [], [], []  # seq: 0 for a prompt token, i + 1 for a token of response i
-        prompt_at: dict[tuple[int, ...], tuple[int, int]] = {}  # prompt -> (its last position, its group)
-        for i in members:
-            t = trajs[i]
-            prompt, r = tuple(t.prompt_ids), t.response_ids
-            if prompt not in prompt_at:
-                g = len(prompt_at)
-                ids += prompt
-                pos += range(len(prompt))
-                seq += [0] * len(prompt)
-                group += [g] * len(prompt)
-                prompt_at[prompt] = (len(ids) - 1, g)
-            last, g = prompt_at[prompt]
-            s = len(ids)
-            if r:
-                # token 0 is predicted by the prompt's last position, token k > 0 by the response's token k-1
-                index[i, : len(r)] = row * N + torch.tensor([last, *range(s, s + len(r) - 1)])
-                targets[i, : len(r)] = torch.tensor(r)
-            ids += r
-            pos += range(len(prompt), len(prompt) + len(r))
-            seq += [i + 1] * len(r)
-            group += [g] * len(r)
-        n = len(ids)
-        input_ids[row, :n], position_ids[row, :n] = torch.tensor(ids), torch.tensor(pos)
-        grp, sq, order = torch.tensor(group), torch.tensor(seq), torch.arange(n)
-        allowed[row, 0, :n, :n] = ((grp[:, None] == grp[None, :]) & ((sq[None, :] == 0) | (sq[:, None] == sq[None, :]))
-                                   & (order[None, :] <= order[:, None]))
-        allowed[row, 0, n:, n:] = torch.eye(N - n, dtype=torch.bool)  # padding sees itself: no empty softmax row
-    return Packed(input_ids, position_ids, allowed, index, targets)
+    for i, (t, (p0, n_p, r0, n_r)) in enumerate(zip(trajs, spans, strict=True)):
+        if n_r:  # token 0 is predicted by the prompt's last position, token k > 0 by response token k-1
+            logit_index[i, :n_r] = torch.tensor([p0 + n_p - 1, *range(r0, r0 + n_r - 1)])
+            targets[i, :n_r] = torch.tensor(t.response_ids)
+    return Packed(torch.tensor([ids]), torch.tensor([pos]), prompt_index, prompt_mask[:, None], query_index,
+                  context_index, context_mask[:, None], output_index, logit_index, targets)
 
 
-def _assign_rows(trajs: list[Trajectory], row_tokens: int) -> list[tuple[list[int], int]]:
-    """Trajectory indices per row, same-prompt trajectories kept together, and each row's token count."""
-    by_prompt: dict[tuple[int, ...], list[int]] = {}
-    for i, t in enumerate(trajs):
-        by_prompt.setdefault(tuple(t.prompt_ids), []).append(i)
-    rows: list[tuple[list[int], int]] = []
-    cur, cur_n, cur_prompts = [], 0, set()
-    for prompt, members in by_prompt.items():
-        for i in members:
-            add = len(trajs[i].response_ids) + (0 if prompt in cur_prompts else len(prompt))
-            if cur and cur_n + add > row_tokens:
-                rows.append((cur, cur_n))
-                cur, cur_n, cur_prompts = [], 0, set()
-                add = len(trajs[i].response_ids) + len(prompt)
-            cur.append(i)
-            cur_n += add
-            cur_prompts.add(prompt)
-    rows.append((cur, cur_n))
-    return rows
+def _one_row(trajs: list[Trajectory]) -> tuple[list[int], list[int], list[tuple[int, int]], list[tuple]]:
+    """Token ids and positions of the row (each distinct prompt once, where it first appears, then each
+    response), the prompts as (start, length), and per trajectory (prompt start, prompt length, response
+    start, response length)."""
+    first: dict[tuple[int, ...], int] = {}
+    ids: list[int] = []
+    pos: list[int] = []
+    spans: list[tuple[int, int, int, int]] = []
+    for t in trajs:
+        prompt = tuple(t.prompt_ids)
+        if prompt not in first:
+            first[prompt] = len(ids)
+            ids += prompt
+            pos += range(len(prompt))
+        spans.append((first[prompt], len(prompt), len(ids), len(t.response_ids)))
+        ids += t.response_ids
+        pos += range(len(prompt), len(prompt) + len(t.response_ids))
+    return ids, pos, [(start, len(p)) for p, start in first.items()], spans
+
+
+def packed_attention(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask,
+                     scaling: float | None = None, dropout: float = 0.0, longcot_packed: Packed | None = None,
+                     **_) -> tuple[torch.Tensor, None]:
+    """transformers attention function for the packed row: ``query`` [1, H, N, D], ``key``/``value``
+    [1, H_kv, N, D] -> output [1, N, H, D]. Prompts attend causally to themselves; each response attends to
+    its prompt and its own earlier tokens. Two sdpa calls, on small per-prompt and per-response blocks."""
+    pk = longcot_packed
+    if pk is None:  # any other forward of the model (padded batches, generate): plain sdpa
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **_)
+    heads, kv_heads = query.shape[1], key.shape[1]
+    q, k, v = (x[0].transpose(0, 1) for x in (query, key, value))  # [N, heads, D]
+    if kv_heads != heads:  # grouped-query attention: share each key/value head across its query heads
+        k, v = k.repeat_interleave(heads // kv_heads, 1), v.repeat_interleave(heads // kv_heads, 1)
+
+    def attend(qi: torch.Tensor, ki: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        out = F.scaled_dot_product_attention(q[qi].transpose(1, 2), k[ki].transpose(1, 2), v[ki].transpose(1, 2),
+                                             attn_mask=mask, dropout_p=dropout, scale=scaling)
+        return out.transpose(1, 2).reshape(-1, heads, q.shape[-1])
+
+    out = torch.cat([attend(pk.prompt_index, pk.prompt_index, pk.prompt_mask),
+                     attend(pk.query_index, pk.context_index, pk.context_mask)])
+    return out[pk.output_index].unsqueeze(0), None
+
+
+def use_packed_attention(model) -> None:
+    """Switch an sdpa ``model`` to ``longcot_packed`` attention: the packed layout's attention when a forward
+    passes one, sdpa otherwise (generate, padded batches; same masks, same numbers).
+
+    Why a lasting switch and not one around the forward: gradient checkpointing re-runs the forward during
+    backward, and that re-run must take the same attention path. The switch is not saved with the model."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    if ATTENTION_NAME not in AttentionInterface():
+        AttentionInterface.register(ATTENTION_NAME, packed_attention)
+        AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)  # the packed layout passes no mask at all
+    cfg = getattr(model, "module", model).config
+    if cfg._attn_implementation == "sdpa":
+        cfg._attn_implementation = ATTENTION_NAME
 
 
 def can_pack(model) -> bool:
-    """Whether ``model`` computes exactly the same log-probs from a packed row as from padded rows: its
-    attention must honour a custom 4D mask (sdpa, eager) and it must not need the 2D mask itself."""
+    """Whether ``model`` computes exactly the same log-probs from the packed layout as from padded rows: its
+    attention must be sdpa through transformers' attention interface (which :func:`use_packed_attention`
+    takes over) and it must not need the 2D mask itself (router aux loss)."""
     cfg = getattr(getattr(model, "module", model), "config", None)
-    return (cfg is not None and getattr(cfg, "_attn_implementation", None) in ("sdpa", "eager")
+    return (cfg is not None and getattr(cfg, "_attn_implementation", None) in ("sdpa", ATTENTION_NAME)
             and not getattr(cfg, "output_router_logits", False))
 
 
@@ -188,11 +230,9 @@ def response_logprobs(model, b: TokenBatch, with_entropy: bool = False, temperat
     """
     pk = b.packed
     if pk is not None and can_pack(model):
-        dtype = next(model.parameters()).dtype  # additive float mask: sdpa would convert a bool one per layer
-        allowed = pk.attention_mask
-        bias = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed,
-                                                                                           torch.finfo(dtype).min)
-        out = model(input_ids=pk.input_ids, position_ids=pk.position_ids, attention_mask=bias, use_cache=False)
+        use_packed_attention(model)
+        out = model(input_ids=pk.input_ids, position_ids=pk.position_ids, use_cache=False,
+                    longcot_packed=_float_masks(pk, next(model.parameters()).dtype))
         logits = out.logits.reshape(-1, out.logits.shape[-1])
         resp_logits, targets = logits[pk.logit_index].float(), pk.targets
     else:
@@ -214,6 +254,14 @@ def response_logprobs(model, b: TokenBatch, with_entropy: bool = False, temperat
         with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
             entropy = -(logp_all.exp() * logp_all).sum(-1)
     return logp, entropy
+
+
+def _float_masks(pk: Packed, dtype: torch.dtype) -> Packed:
+    """The layout with additive float masks (sdpa would convert a bool mask in every layer)."""
+    def bias(allowed: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed,
+                                                                                           torch.finfo(dtype).min)
+    return replace(pk, prompt_mask=bias(pk.prompt_mask), context_mask=bias(pk.context_mask))
 
 
 def group_ordered_chunks(trajs: list[Trajectory], size: int) -> list[list[Trajectory]]:

@@ -17,12 +17,15 @@ log = logging.getLogger(__name__)
 
 def run_sft(model, tokenizer, pairs: list[tuple[str, str]], out_dir: str | Path, *, lr: float, epochs: float,
             batch_size: int, warmup_ratio: float = 0.05, weight_decay: float = 0.0, seed: int = 0,
-            max_length: int = 1024) -> dict:
+            max_length: int = 1024, gradient_checkpointing: bool = False) -> dict:
     """Fine-tune ``model`` in place on (prompt, completion) pairs and save it to ``out_dir``.
 
     Returns TRL's training metrics (final loss, runtime). The model object is updated in place, so the
-    caller can continue with RL without reloading.
+    caller can continue with RL without reloading; its gradient-checkpointing state is restored afterwards
+    (TRL leaves it switched on, and an RL trainer continuing on the object would silently recompute every
+    forward in backward).
     """
+    was_checkpointing = bool(getattr(model, "is_gradient_checkpointing", False))
     out_dir = Path(out_dir)
     ds = datasets.Dataset.from_dict({"prompt": [p for p, _ in pairs], "completion": [c for _, c in pairs]})
     args = TRLSFTConfig(
@@ -30,13 +33,15 @@ def run_sft(model, tokenizer, pairs: list[tuple[str, str]], out_dir: str | Path,
         per_device_train_batch_size=batch_size, warmup_steps=warmup_ratio, weight_decay=weight_decay,
         lr_scheduler_type="cosine", logging_steps=25, save_strategy="no", report_to=[], seed=seed,
         max_length=max_length, completion_only_loss=True, use_cpu=True, dataloader_num_workers=0,
-        disable_tqdm=False, bf16=False, fp16=False,
+        disable_tqdm=False, bf16=False, fp16=False, gradient_checkpointing=gradient_checkpointing,
         # transformers 5.19's Qwen3-MoE load-balancing loss breaks on padded batches (shape mismatch between
         # routing weights and the attention mask): the warm-up runs without the auxiliary loss.
         router_aux_loss_coef=0.0,
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tokenizer)
     result = trainer.train()
+    if model.is_gradient_checkpointing and not was_checkpointing:
+        model.gradient_checkpointing_disable()
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     metrics = dict(result.metrics)

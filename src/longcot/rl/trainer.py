@@ -20,7 +20,7 @@ from accelerate import Accelerator
 
 from longcot.config import Recipe
 from longcot.record import Trajectory
-from longcot.rewards.registry import RewardSpec, compute_rewards
+from longcot.rewards.registry import RewardSpec, compute_rewards, prepare_rewards
 from longcot.rl.advantages import assign_advantages
 from longcot.rl.batch import TokenBatch, can_pack, collate, micro_batches, response_logprobs
 from longcot.rl.dynamic_sampling import dynamic_sample
@@ -78,6 +78,7 @@ class RLTrainer:
         self.model, self.optimizer = self.accelerator.prepare(model, self._new_optimizer(model))
         self.version = 0
         self.temperature = recipe.rollout.temperature
+        prepare_rewards(recipe.rewards)
 
     def _new_optimizer(self, model) -> torch.optim.Optimizer:
         # fused: one kernel for all parameters instead of a Python loop over them (same update; 2-4x faster

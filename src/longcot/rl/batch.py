@@ -11,8 +11,8 @@ the layout: :func:`packed_attention` (registered with transformers as ``longcot_
 prompt's queries (causal) and each response's queries against its prompt + its own earlier tokens, padded
 per response, in two ``scaled_dot_product_attention`` calls per layer. Log-probs come back in the same
 response-aligned [B, T] layout, so nothing downstream changes. The padded path remains for models whose
-attention does not go through transformers' attention interface as sdpa/eager, or that need a 2D mask
-(router aux loss), and for sequences too long for the per-response masks.
+attention is not sdpa through transformers' attention interface, or that need a 2D mask (router aux loss),
+and for micro-batches too long for the per-response masks.
 """
 
 from __future__ import annotations
@@ -167,7 +167,7 @@ def _one_row(trajs: list[Trajectory]) -> tuple[list[int], list[int], list[tuple[
 
 def packed_attention(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask,
                      scaling: float | None = None, dropout: float = 0.0, longcot_packed: Packed | None = None,
-                     **_) -> tuple[torch.Tensor, None]:
+                     **kwargs) -> tuple[torch.Tensor, None]:
     """transformers attention function for the packed row: ``query`` [1, H, N, D], ``key``/``value``
     [1, H_kv, N, D] -> output [1, N, H, D]. Prompts attend causally to themselves; each response attends to
     its prompt and its own earlier tokens. Two sdpa calls, on small per-prompt and per-response blocks."""
@@ -175,7 +175,8 @@ def packed_attention(module, query: torch.Tensor, key: torch.Tensor, value: torc
     if pk is None:  # any other forward of the model (padded batches, generate): plain sdpa
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **_)
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
+                                      **kwargs)
     heads, kv_heads = query.shape[1], key.shape[1]
     q, k, v = (x[0].transpose(0, 1) for x in (query, key, value))  # [N, heads, D]
     if kv_heads != heads:  # grouped-query attention: share each key/value head across its query heads
@@ -266,7 +267,7 @@ def _float_masks(pk: Packed, dtype: torch.dtype) -> Packed:
 
 def group_ordered_chunks(trajs: list[Trajectory], size: int) -> list[list[Trajectory]]:
     """Micro-batches of ``size`` with the samples of one prompt next to each other, for the packed layout
-    (a prompt is stored once per row that holds its samples)."""
+    (a prompt is stored once per micro-batch that holds its samples)."""
     order = sorted(range(len(trajs)), key=lambda i: (trajs[i].group_id, i))
     return [[trajs[i] for i in order[k : k + size]] for k in range(0, len(order), size)]
 

@@ -149,8 +149,8 @@ class RLTrainer:
         apply_kl_to_rewards(live, [ref[id(t)] for t in live], self.rl.kl_coef, self.rl.kl_estimator)
 
     def _batches(self, model, trajs: list[Trajectory]) -> list[tuple[list[Trajectory], TokenBatch]]:
-        """Micro-batches for ``model`` as (trajectories, tensors on its device); the packed layout is built only
-        when ``model`` can use it (its block masks are N x N per row: no point building them otherwise)."""
+        """Micro-batches for ``model`` as (trajectories, tensors on its device); the packed layout (index tensors
+        and per-response masks) is built only when ``model`` can use it."""
         pack = can_pack(model)
         return [(chunk, collate(chunk, self.tokenizer.pad_token_id, pack=pack).to(self.accelerator.device))
                 for chunk in micro_batches(model, trajs, self.rl.micro_batch_size)]

@@ -1,5 +1,6 @@
 """Trajectories -> tensors -> response log-probs, checked against a direct per-sequence computation."""
 
+import pytest
 import torch
 
 from longcot.policies.build import build_tiny_moe
@@ -55,3 +56,15 @@ def test_batch_moves_to_the_model_device_whole():
     tensors = [v for v in vars(moved).values() if isinstance(v, torch.Tensor)] + list(vars(moved.packed).values())
     assert len(tensors) == 17 and all(t.device.type == "meta" for t in tensors)
     assert moved.ref_logprobs is None and b.mask.device.type == "cpu"
+
+
+def test_rollout_logprobs_are_all_or_none():
+    """A step generated without engine log-probs has none in its batch (not zeros posing as log-probs); a mix
+    would train some responses against made-up values, so it is refused."""
+    a = Trajectory("a", "g", [5, 6], [8, 9], [-1.0, -2.0], advantage=1.0)
+    b = Trajectory("b", "g", [5, 6], [10], [], advantage=-1.0)
+    empty = Trajectory("c", "g", [5, 6], [], [], advantage=0.0)
+    assert collate([a, empty], pad_id=0).rollout_logprobs[0].tolist() == [-1.0, -2.0]
+    assert collate([b, empty], pad_id=0).rollout_logprobs is None
+    with pytest.raises(ValueError, match="1 of 2 responses have rollout log-probs, 'b' has none"):
+        collate([a, b], pad_id=0)

@@ -76,6 +76,11 @@ def test_cross_field_validation(tmp_path):
         load_recipe(p)
 
 
+def test_logprobs_every_must_not_be_negative():
+    with pytest.raises(ConfigError, match="rollout.logprobs_every must be >= 0"):
+        load_recipe(DEMO, ["rollout.logprobs_every=-1"])
+
+
 def test_cli_reports_config_error_before_any_work(capsys):
     assert cli_main(["train", str(DEMO), "rl.lrr=1"]) == 2
     assert "did you mean 'lr'" in capsys.readouterr().err

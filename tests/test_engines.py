@@ -110,6 +110,17 @@ def test_groups_lengths_finish_and_stop(engine_name, request, tok):
         assert t.response_text[-1] in "ae1" and not set(t.response_text[:-1]) & set("ae1")
 
 
+@pytest.mark.parametrize("engine_name", ["vllm_engine", "hf"])
+def test_logprobs_can_be_skipped_without_changing_the_samples(engine_name, request, tok):
+    engine = request.getfixturevalue(engine_name)
+    prompts = make_prompts(tok, TEXTS[:2])
+    with_lp = engine.generate(prompts, SamplingConfig(n=3, max_tokens=20, seed=4))
+    without = engine.generate(prompts, SamplingConfig(n=3, max_tokens=20, seed=4, logprobs=False))
+    assert [t.response_ids for t in without] == [t.response_ids for t in with_lp]
+    assert all(t.rollout_logprobs == [] for t in without)
+    assert all(len(t.rollout_logprobs) == len(t.response_ids) for t in with_lp)
+
+
 def test_vllm_seeded_sampling_reproducible_and_order_free(vllm_engine, tok):
     prompts = make_prompts(tok, TEXTS)
     sampling = SamplingConfig(n=3, max_tokens=24, seed=5)

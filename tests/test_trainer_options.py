@@ -70,6 +70,18 @@ def test_kl_in_reward_penalises_drift_from_reference(policy):
         assert t.reward == pytest.approx(t.rewards["test_half_constant"] + t.rewards["kl_penalty"])
 
 
+def test_engine_logprobs_every_k_steps_unless_the_loss_needs_them(policy):
+    trainer = make_trainer(policy, ["rollout.logprobs_every=2"], [RewardSpec("test_half_constant")])
+    rows = [trainer.step(k) for k in range(3)]
+    assert [bool(trajs[0].rollout_logprobs) for _, trajs in rows] == [True, False, True]
+    assert [("logprob_gap" in row) for row, _ in rows] == [True, False, True]
+    assert rows[0][0]["logprob_gap"] < 1e-4  # on-policy: engine and trainer agree
+    tis = make_trainer(policy, ["rollout.logprobs_every=0", "rl.tis_cap=2.0"], [RewardSpec("test_half_constant")])
+    rows = [tis.step(k) for k in range(2)]
+    assert all(t.rollout_logprobs for _, trajs in rows for t in trajs if t.response_ids)
+    assert all("rollout_logprob_gap" in row for row, _ in rows)
+
+
 def test_length_penalty_weight_follows_warmup(policy):
     trainer = make_trainer(policy, ["rl.length_penalty_warmup=2"],
                            [RewardSpec("math"), RewardSpec("k15_length", weight=0.5)])

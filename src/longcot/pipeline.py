@@ -70,7 +70,7 @@ def heldout_eval(engine, tokenizer, task: Task, recipe: Recipe, out_dir: Path) -
     prompts = [task.prompt(r, tokenizer) for r in rows]
     n = recipe.eval.n if recipe.eval.temperature > 0 else 1
     sampling = SamplingConfig(n=n, temperature=recipe.eval.temperature, max_tokens=recipe.eval.max_tokens,
-                              seed=recipe.seed)
+                              seed=recipe.seed, logprobs=False)
     summary = evaluate(engine, tokenizer, prompts, sampling, make_grader("math"), out_dir, ks=[1])
     m = summary["metrics"]
     return {"accuracy": m[f"avg@{n}"], "n": len(rows), "samples_per_problem": n, "temperature": sampling.temperature,

@@ -39,6 +39,8 @@ class Trajectory:
     group_id: str
     prompt_ids: list[int]
     response_ids: list[int]
+    # the engine's log-prob of each response token; empty when the step did not ask for them
+    # (SamplingConfig.logprobs=False, see rollout.logprobs_every)
     rollout_logprobs: list[float]
     finish: Finish = "stop"
     response_text: str = ""

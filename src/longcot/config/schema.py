@@ -68,6 +68,11 @@ class RolloutConfig:
     stop: list[str] = field(default_factory=list)
     max_model_len: int = 1024
     engine_options: dict[str, Any] = field(default_factory=dict)
+    # Ask the engine for the sampled tokens' log-probs on every k-th step (0: never). On-policy losses do not
+    # use them; they feed the logprob_gap metric (rollout vs trainer mismatch) on those steps. rl.tis_cap and
+    # rl.kl_in=reward need them and get them on every step whatever this says. Default: every step (DESIGN.md
+    # logs the gap every step); the tiny recipes use 10, as they cost ~10% of a CPU decode step.
+    logprobs_every: int = 1
 
 
 @dataclass
@@ -199,6 +204,8 @@ class Recipe:
     def __post_init__(self) -> None:
         if self.rollout.n < 1 or self.rl.prompts_per_step < 1:
             raise ValueError("rollout.n and rl.prompts_per_step must be >= 1")
+        if self.rollout.logprobs_every < 0:
+            raise ValueError(f"rollout.logprobs_every must be >= 0 (0: never), got {self.rollout.logprobs_every}")
         if self.partial.enabled and self.partial.train_segments == "all" and self.rl.tis_cap is None:
             raise ValueError("partial.train_segments=all trains on tokens from older policies: set rl.tis_cap "
                              "(importance correction, e.g. 2.0) or partial.train_segments=current")

@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 def sampling_config(cfg: EvalConfig) -> SamplingConfig:
     return SamplingConfig(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
-                          max_tokens=cfg.max_tokens, seed=cfg.seed)
+                          max_tokens=cfg.max_tokens, seed=cfg.seed, logprobs=False)
 
 
 def grader_for(cfg: EvalConfig):

@@ -60,7 +60,7 @@ class TokenBatch:
     # Response-aligned tensors [B, T] (T = longest response in this micro-batch):
     mask: torch.Tensor
     advantages: torch.Tensor
-    rollout_logprobs: torch.Tensor
+    rollout_logprobs: torch.Tensor | None  # None when the step's engine returned none (SamplingConfig.logprobs)
     old_logprobs: torch.Tensor | None = None
     ref_logprobs: torch.Tensor | None = None
     packed: Packed | None = None  # the same sequences without padding, prompts shared (see module doc)
@@ -99,7 +99,19 @@ def collate(trajs: list[Trajectory], pad_id: int, pack: bool = True) -> TokenBat
             if t.rollout_logprobs:
                 roll[i, :r] = torch.tensor(t.rollout_logprobs[:r], dtype=torch.float)
     packed = pack_trajectories(trajs, T) if pack else None
-    return TokenBatch(input_ids, attn, start, mask, adv, roll, packed=packed)
+    return TokenBatch(input_ids, attn, start, mask, adv, roll if _has_rollout_logprobs(trajs) else None,
+                      packed=packed)
+
+
+def _has_rollout_logprobs(trajs: list[Trajectory]) -> bool:
+    """Whether the batch carries engine log-probs: all responses or none (a mix would feed zeros as log-probs
+    to the trajectories without them)."""
+    have = [bool(t.rollout_logprobs) for t in trajs if t.response_ids]
+    if any(have) and not all(have):
+        missing = next(t.prompt_id for t in trajs if t.response_ids and not t.rollout_logprobs)
+        raise ValueError(f"collate: {sum(have)} of {len(have)} responses have rollout log-probs, {missing!r} has "
+                         "none; an engine must return them for every response of a step or for none")
+    return any(have)
 
 
 def pack_trajectories(trajs: list[Trajectory], T: int, max_tokens: int = MAX_PACKED_TOKENS) -> Packed | None:

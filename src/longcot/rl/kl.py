@@ -78,6 +78,9 @@ def apply_kl_to_rewards(trajs: list, ref_logprobs: list[list[float]], beta: floa
     if len(ref_logprobs) != len(trajs):
         raise ValueError(f"apply_kl_to_rewards: {len(ref_logprobs)} ref log-prob rows for {len(trajs)} trajectories")
     for i, (t, ref) in enumerate(zip(trajs, ref_logprobs, strict=True)):
+        if t.response_ids and not t.rollout_logprobs:
+            raise ValueError(f"apply_kl_to_rewards: trajectory {i} ({t.prompt_id}) has no rollout log-probs "
+                             "(generated with SamplingConfig.logprobs=False)")
         if len(ref) != len(t.rollout_logprobs):
             raise ValueError(f"apply_kl_to_rewards: trajectory {i} ({t.prompt_id}) has {len(t.rollout_logprobs)} "
                              f"rollout log-probs but {len(ref)} reference log-probs")

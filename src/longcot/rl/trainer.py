@@ -55,10 +55,26 @@ class StepTimer:
         return out
 
 
-def sampling_from(recipe: Recipe, seed: int | None = None) -> SamplingConfig:
+def sampling_from(recipe: Recipe, seed: int | None = None, logprobs: bool = True) -> SamplingConfig:
     r = recipe.rollout
     return SamplingConfig(n=r.n, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
-                          max_tokens=r.max_tokens, stop=list(r.stop), seed=seed)
+                          max_tokens=r.max_tokens, stop=list(r.stop), seed=seed, logprobs=logprobs)
+
+
+def needs_rollout_logprobs(recipe: Recipe) -> str | None:
+    """What, if anything, needs the engine's log-probs on every step (else they are asked for every
+    ``rollout.logprobs_every`` steps, for the ``logprob_gap`` metric only)."""
+    rl = recipe.rl
+    if rl.tis_cap is not None:
+        return "rl.tis_cap"
+    if rl.kl_coef and rl.kl_in == "reward":
+        return "rl.kl_in=reward"
+    return None
+
+
+def wants_rollout_logprobs(recipe: Recipe, step: int) -> bool:
+    every = recipe.rollout.logprobs_every
+    return needs_rollout_logprobs(recipe) is not None or (every > 0 and step % every == 0)
 
 
 class RLTrainer:
@@ -125,7 +141,8 @@ class RLTrainer:
             prompts = self.next_prompts(step, n_prompts)
             seed = self.recipe.seed * 100003 + step * 101 + round_
             tag = f"@{step}" if round_ == 0 else f"@{step}.{round_}"
-            trajs = self.engine.generate(prompts, sampling_from(self.recipe, seed=seed), group_tag=tag)
+            sampling = sampling_from(self.recipe, seed=seed, logprobs=wants_rollout_logprobs(self.recipe, step))
+            trajs = self.engine.generate(prompts, sampling, group_tag=tag)
         with timer.phase("reward"):
             for k, v in compute_rewards(trajs, self._reward_specs(step)).items():
                 metrics[k] = metrics.get(k, 0.0) + v
@@ -209,7 +226,7 @@ class RLTrainer:
         mask = c.mask
         n = mask.sum().clamp(min=1.0)
         m["entropy"] = float((entropy.detach() * mask).sum() / n)
-        if first:  # the policy that sampled == the policy before the first update
+        if first and c.rollout_logprobs is not None:  # the policy that sampled == the policy before the first update
             m["logprob_gap"] = float(((logp.detach() - c.rollout_logprobs).abs() * mask).sum() / n)
         return m
 

@@ -39,8 +39,9 @@ def make_trajectory(
     finish: Finish,
     version: int,
 ) -> Trajectory:
-    """One record; ``meta`` is copied so reward functions can annotate one sample without touching its siblings."""
-    if len(logprobs) != len(response_ids):
+    """One record; ``meta`` is copied so reward functions can annotate one sample without touching its siblings.
+    ``logprobs`` is empty when the engine was asked not to return them (``SamplingConfig.logprobs=False``)."""
+    if logprobs and len(logprobs) != len(response_ids):
         raise RuntimeError(
             f"engine returned {len(logprobs)} logprobs for {len(response_ids)} tokens (prompt {prompt.prompt_id!r})"
         )

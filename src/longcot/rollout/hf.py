@@ -98,20 +98,21 @@ class HFEngine:
             do_sample=not greedy, temperature=None if greedy else sampling.temperature,
             # top_k=0 disables it explicitly; None would fall back to generation_config's default of 50.
             top_p=None if greedy else sampling.top_p, top_k=None if greedy else max(sampling.top_k, 0),
-            eos_token_id=self.eos_ids, pad_token_id=self.pad_id, output_scores=True,
+            eos_token_id=self.eos_ids, pad_token_id=self.pad_id, output_scores=sampling.logprobs,
             return_dict_in_generate=True,
         )
         new = out.sequences[:, input_ids.shape[1]:]
-        # scores[t]: processed logits at step t, shape (batch, vocab).
-        logprobs = torch.stack([s.float().log_softmax(-1) for s in out.scores], dim=1)
-        picked = logprobs.gather(-1, new[:, : logprobs.shape[1], None])[..., 0]
+        picked = None
+        if sampling.logprobs:  # scores[t]: processed logits at step t, shape (batch, vocab)
+            logprobs = torch.stack([s.float().log_softmax(-1) for s in out.scores], dim=1)
+            picked = logprobs.gather(-1, new[:, : logprobs.shape[1], None])[..., 0]
         trajs = []
         for row, prompt in enumerate(prompts):
             ids = new[row, : limits[row]].tolist()
             n, finish = self._cut(ids, sampling)
             text = self.tokenizer.decode(ids[:n], skip_special_tokens=True)
-            trajs.append(make_trajectory(prompt, group_tag, ids[:n], picked[row, :n].tolist(), text, finish,
-                                         self.version))
+            lps = picked[row, :n].tolist() if picked is not None else []
+            trajs.append(make_trajectory(prompt, group_tag, ids[:n], lps, text, finish, self.version))
         return trajs
 
     def _limit(self, prompt: Prompt, sampling: SamplingConfig) -> int:

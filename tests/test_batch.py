@@ -39,6 +39,24 @@ def test_response_logprobs_match_direct_computation(tmp_path):
         assert (ent[b.mask > 0] > 0).all()
 
 
+@pytest.mark.parametrize("pack", [True, False])
+def test_each_response_is_scored_at_its_own_sampling_temperature(tmp_path, pack):
+    """Sub-agents may sample at another temperature than the orchestrator: each response's log-probs (and so
+    its gradient) come from the distribution it was sampled from; unset means the collate default; greedy
+    (0) counts as 1."""
+    model = load_policy(build_tiny_moe(tmp_path / "m")).eval()
+    trajs = [Trajectory("a", "g", [5, 6, 7], [8, 9], [], temperature=0.5),
+             Trajectory("b", "g", [5, 6, 7], [10, 11, 12], []),
+             Trajectory("c", "g", [5, 6, 7], [13], [], temperature=0.0)]
+    b = collate(trajs, pad_id=0, pack=pack, temperature=0.8)
+    assert (b.packed is not None) == pack
+    with torch.no_grad():
+        logp, _ = response_logprobs(model, b)
+    for i, temp in enumerate([0.5, 0.8, 1.0]):
+        want = direct_logprobs(model, trajs[i].prompt_ids, trajs[i].response_ids, temp)
+        assert logp[i, : len(want)].tolist() == pytest.approx(want, abs=1e-5)
+
+
 def test_length_sorted_chunks_group_similar_lengths():
     trajs = [Trajectory(str(i), "g", [1] * n, [2], [0.0]) for i, n in enumerate([9, 1, 5, 2, 8, 3])]
     chunks = length_sorted_chunks(trajs, 2)
@@ -54,7 +72,7 @@ def test_batch_moves_to_the_model_device_whole():
     b.old_logprobs = torch.zeros_like(b.mask)
     moved = b.to("meta")
     tensors = [v for v in vars(moved).values() if isinstance(v, torch.Tensor)] + list(vars(moved.packed).values())
-    assert len(tensors) == 17 and all(t.device.type == "meta" for t in tensors)
+    assert len(tensors) == 18 and all(t.device.type == "meta" for t in tensors)
     assert moved.ref_logprobs is None and b.mask.device.type == "cpu"
 
 

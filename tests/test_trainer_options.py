@@ -94,3 +94,66 @@ def test_dynamic_sampling_with_partial_rollouts_is_rejected():
 
     with pytest.raises(ConfigError, match="cannot be combined"):
         load_recipe(None, ["rl.dynamic_sampling=true", "partial.enabled=true", "rl.tis_cap=2"])
+
+
+def test_skipped_update_changes_no_version_sync_or_warmup(policy):
+    """When dynamic sampling keeps no group, nothing is trained: the policy version, the engine's version and
+    the learning-rate warm-up position stay where they were."""
+    if "test_constant" not in REWARDS:
+        reward("test_constant")(lambda sample: 1.0)
+    trainer = make_trainer(policy, ["rl.dynamic_sampling=true", "rl.dynamic_max_extra_rounds=1",
+                                    "rl.warmup_steps=4"], [RewardSpec("test_constant")])
+    row, trajs = trainer.step(0)
+    assert row["skipped_update"] == 1.0 and trajs == []
+    assert row["policy_version"] == 0 and trainer.learner.updates == 0 and trainer.engine.version == 0
+    assert "time/weight_sync" not in row
+
+
+def test_reward_means_and_sampler_cover_every_round(policy):
+    """Refill rounds: reward means are means over every scored sample (not summed per round), and the sampler
+    hears about every scored group, also the uninformative ones that were dropped."""
+    heard = []
+    trainer = make_trainer(policy, ["rl.dynamic_sampling=true", "rl.dynamic_max_extra_rounds=3"],
+                           [RewardSpec("test_half_constant")])
+    trainer.on_results = heard.extend
+    row, trajs = trainer.step(0)
+    assert row["dynamic/rounds"] >= 2
+    assert len(heard) == row["dynamic/groups_generated"] * 4 > len(trajs)
+    assert any(int(t.prompt_id) % 2 == 0 for t in heard)  # dropped (always-1) groups reach the sampler
+    assert row["reward_mean/test_half_constant"] == pytest.approx(
+        sum(t.rewards["test_half_constant"] for t in heard) / len(heard))
+
+
+class StaleHFEngine(HFEngine):
+    """A real engine whose weight sync silently does nothing: the failure the canary exists for."""
+
+    def sync_weights(self, named_params, version):
+        self.version = version
+
+
+def test_weight_sync_canary_logs_the_gap_and_stops_a_broken_sync(policy):
+    path, tok = policy
+    good = make_trainer(policy, ["rollout.sync_check_every=1", "rl.lr=0.05"], [RewardSpec("test_half_constant")])
+    good.engine = HFEngine.from_module(good.learner.unwrapped(), tok, share=False)
+    rows = [good.step(k)[0] for k in range(2)]
+    assert all(r["sync_check/gap_mean"] < 1e-4 for r in rows)
+    from longcot.rl.sync_check import WeightSyncError
+
+    bad = make_trainer(policy, ["rollout.sync_check_every=1", "rl.lr=0.05"], [RewardSpec("test_half_constant")])
+    bad.engine = StaleHFEngine.from_module(bad.learner.unwrapped(), tok, share=False)
+    with pytest.raises(WeightSyncError, match="rollout.sync_check_max_gap"):
+        for k in range(3):
+            bad.step(k)
+
+
+def test_partial_rollout_segments_get_fresh_seeds_without_exact_resume():
+    """Off the CPU sampler (no exact resume), reusing the sample's seed would replay the first segment's random
+    numbers in every later segment; each segment gets its own seed instead."""
+    from longcot.rollout.partial import Request, VLLMBackend
+
+    backend = VLLMBackend.__new__(VLLMBackend)
+    req = lambda draws: Request("g", 0, 3, [1, 2, 3], 8, seed=77, draws=draws)
+    backend.exact_resume = True
+    assert {backend._seed(req(d)) for d in (0, 8, 16)} == {77}
+    backend.exact_resume = False
+    assert backend._seed(req(0)) == 77 and len({backend._seed(req(d)) for d in (0, 8, 16)}) == 3

@@ -109,7 +109,7 @@ def train(recipe: Recipe) -> dict:
                             "train_problems": len(task.train), "heldout_problems": len(task.heldout)})
     if recipe.sft.enabled:
         policy_path = run_sft_stage(recipe, model, tokenizer, task, run)
-    max_len = max(recipe.rollout.max_model_len, max(len(task.prompt(r, tokenizer).prompt_ids) for r in task.heldout)
+    max_len = max(recipe.rollout.max_model_len, longest_prompt(task, tokenizer)
                   + max(recipe.rollout.max_tokens, recipe.eval.max_tokens))
     engine = build_engine(recipe.rollout.engine, policy_path, tokenizer, max_model_len=max_len, seed=recipe.seed,
                           **recipe.rollout.engine_options)
@@ -136,6 +136,12 @@ def train(recipe: Recipe) -> dict:
 
         plot_agent_curves(run.root)  # agents/curves.png: sub-agents, critical path, PARL reward terms
     return run.summary
+
+
+def longest_prompt(task: Task, tokenizer) -> int:
+    """Tokens of the longest prompt, training and held-out rows alike: the engine's context must fit any prompt
+    the sampler may draw, not only the ones evaluated."""
+    return max(len(task.prompt(r, tokenizer).prompt_ids) for r in [*task.train, *task.heldout])
 
 
 def rl_engine(engine, recipe: Recipe):
@@ -172,5 +178,4 @@ def rl_loop(trainer, recipe: Recipe, run: RunDir, task: Task, tokenizer) -> None
 
 def save_checkpoint(trainer, tokenizer, path: Path) -> None:
     """HF-format weights + tokenizer (loadable by vLLM, transformers and ``longcot eval``)."""
-    trainer.accelerator.unwrap_model(trainer.model).save_pretrained(path)
-    tokenizer.save_pretrained(path)
+    trainer.learner.save_pretrained(path)

@@ -53,6 +53,10 @@ class Trajectory:
     reward: float = 0.0
     advantage: float | list[float] = 0.0
     meta: dict[str, Any] = field(default_factory=dict)
+    # The temperature the response was sampled at; the trainer divides its logits by it, so the gradient goes
+    # through the distribution that was sampled (sub-agents may sample at another temperature than the
+    # orchestrator). None: the recipe's rollout.temperature. 0 (greedy) is trained at temperature 1.
+    temperature: float | None = None
 
     @property
     def num_response_tokens(self) -> int:

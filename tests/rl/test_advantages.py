@@ -61,12 +61,27 @@ def _trajs(groups_rewards):
 
 def test_reinforce_pp_batch_normalisation_by_hand():
     # group-centred: g0 [1,0] -> [0.5, -0.5]; g1 [1,1,1,0] (mean 0.75) -> [0.25, 0.25, 0.25, -0.75]
-    # batch mean = (0.5 - 0.5 + 0.75 - 0.75) / 6 = 0
-    # batch var = (0.25 + 0.25 + 3 * 0.0625 + 0.5625) / 6 = 1.25 / 6; std = 0.4564355
+    # every response has 2 tokens: token-weighted = sample-weighted here. batch mean = 0,
+    # var = (0.25 + 0.25 + 3 * 0.0625 + 0.5625) / 6 = 1.25 / 6; std = 0.4564355
     trajs = _trajs([[1.0, 0.0], [1.0, 1.0, 1.0, 0.0]])
     assign_advantages(trajs, "reinforce_pp", eps=0.0)
     std = math.sqrt(1.25 / 6)
     close([t.advantage for t in trajs], [0.5 / std, -0.5 / std, 0.25 / std, 0.25 / std, 0.25 / std, -0.75 / std])
+
+
+def test_reinforce_pp_whitens_over_tokens_not_samples():
+    # group [1, 0] centred -> [0.5, -0.5]; the first response has 3 tokens, the second 1 (OpenRLHF/verl: every
+    # token carries its sequence's advantage and the batch is whitened over tokens).
+    # token mean = (3 * 0.5 - 0.5) / 4 = 0.25; token var = (3 * 0.0625 + 0.5625) / 4 = 0.1875
+    trajs = _trajs([[1.0, 0.0]])
+    trajs[0].response_ids, trajs[0].rollout_logprobs = [2, 3, 4], [-1.0] * 3
+    trajs[1].response_ids, trajs[1].rollout_logprobs = [2], [-1.0]
+    assign_advantages(trajs, "reinforce_pp", eps=0.0)
+    std = math.sqrt(0.1875)
+    close([t.advantage for t in trajs], [0.25 / std, -0.75 / std])
+    tokens = [t.advantage for t in trajs for _ in t.response_ids]
+    assert abs(sum(tokens) / 4) < 1e-12  # token-level mean 0 ...
+    assert abs(sum(a * a for a in tokens) / 4 - 1.0) < 1e-12  # ... and unit variance
 
 
 def test_assign_advantages_groups_independently():

@@ -279,3 +279,15 @@ def test_equal_reward_group_contributes_no_gradient():
         b = batch([[-1.0, -2.0]], [[-1.0, -2.0]], [[0.0, 0.0]])
         loss, _ = policy_loss(b, name, opts, agg="seq-mean-token-sum")
         assert grad_of(loss, b).abs().sum() == 0, name
+
+
+@pytest.mark.parametrize("name", ["ppo_clip", "cispo", "gspo"])
+def test_far_off_policy_token_cannot_overflow(name):
+    """A log-ratio of 200 (a stale or mismatched sample) would give exp() = inf and NaN gradients; the
+    losses clamp log(pi / pi_old) to [-20, 20] as verl does, so loss and gradient stay finite."""
+    logp = torch.tensor([[0.0, -1.0]], requires_grad=True)
+    b = LossBatch(logprobs=logp, old_logprobs=torch.tensor([[-200.0, -1.0]]), advantages=torch.tensor([[-1.0, 1.0]]),
+                  mask=torch.ones(1, 2))
+    loss, _ = policy_loss(b, name)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(logp.grad).all()

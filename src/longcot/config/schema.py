@@ -73,6 +73,11 @@ class RolloutConfig:
     # rl.kl_in=reward need them and get them on every step whatever this says. Default: every step (DESIGN.md
     # logs the gap every step); the tiny recipes use 10, as they cost ~10% of a CPU decode step.
     logprobs_every: int = 1
+    # Weight-sync canary (rl/sync_check.py): every k steps compare the engine's log-probs of a few responses with
+    # the trainer's after the sync, log sync_check/gap_*, and stop the run when the mean gap exceeds the bound
+    # (fp32 engine and trainer agree to ~1e-6; bf16 rollouts differ by ~1e-2). 0: never.
+    sync_check_every: int = 10
+    sync_check_max_gap: float = 0.1
 
 
 @dataclass
@@ -204,6 +209,9 @@ class Recipe:
     def __post_init__(self) -> None:
         if self.rollout.n < 1 or self.rl.prompts_per_step < 1:
             raise ValueError("rollout.n and rl.prompts_per_step must be >= 1")
+        if self.rollout.sync_check_every < 0 or self.rollout.sync_check_max_gap <= 0:
+            raise ValueError("rollout.sync_check_every must be >= 0 and rollout.sync_check_max_gap > 0, got "
+                             f"{self.rollout.sync_check_every}, {self.rollout.sync_check_max_gap}")
         if self.rollout.logprobs_every < 0:
             raise ValueError(f"rollout.logprobs_every must be >= 0 (0: never), got {self.rollout.logprobs_every}")
         if self.partial.enabled and self.partial.train_segments == "all" and self.rl.tis_cap is None:

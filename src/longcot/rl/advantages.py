@@ -56,20 +56,25 @@ def k15(rewards: torch.Tensor) -> torch.Tensor:
 
 
 def _reinforce_pp_batch_normalize(trajs: list[Trajectory], eps: float = 1e-6) -> None:
-    """REINFORCE++ second stage: whiten the group-centred advantages over the whole batch (population std).
-    Scalar advantages only: per-token advantages are left alone because there is no batch std to share."""
-    scalars = [t for t in trajs if not isinstance(t.advantage, list)]
+    """REINFORCE++ second stage: whiten the group-centred advantages over every *token* of the batch, as the
+    paper and OpenRLHF/verl do (a response of L trained tokens counts L times in the mean and the std), so the
+    token-level advantages the loss sees have mean 0 and std 1. Population std (verl uses Bessel's correction;
+    the difference is a factor sqrt(N / (N - 1)) over N tokens). Scalar advantages only: per-token
+    advantages are left alone."""
+    scalars = [t for t in trajs if not isinstance(t.advantage, list) and sum(t.mask()) > 0]
     if len(scalars) < 2:
         return
     a = torch.tensor([t.advantage for t in scalars], dtype=torch.float64)
-    a = (a - a.mean()) / (a.std(unbiased=False) + eps)
-    for t, v in zip(scalars, a.tolist(), strict=True):
+    w = torch.tensor([float(sum(t.mask())) for t in scalars], dtype=torch.float64)
+    mean = (w * a).sum() / w.sum()
+    std = ((w * (a - mean) ** 2).sum() / w.sum()).sqrt()
+    for t, v in zip(scalars, ((a - mean) / (std + eps)).tolist(), strict=True):
         t.advantage = float(v)
 
 
 @ADVANTAGES.register("reinforce_pp", batch_normalize=_reinforce_pp_batch_normalize)
 def reinforce_pp(rewards: torch.Tensor) -> torch.Tensor:
-    """REINFORCE++-baseline (Hu et al. 2025): A = R - mean_G R per group, then normalised over the batch
+    """REINFORCE++-baseline (Hu et al. 2025): A = R - mean_G R per group, then whitened over the batch's tokens
     (``batch_normalize``, eps 1e-6). Using the batch std instead of each group's avoids GRPO's blow-up on
     near-uniform groups while keeping advantages on a unit scale."""
     return rewards - rewards.mean()

@@ -64,6 +64,8 @@ class TokenBatch:
     old_logprobs: torch.Tensor | None = None
     ref_logprobs: torch.Tensor | None = None
     packed: Packed | None = None  # the same sequences without padding, prompts shared (see module doc)
+    # [B] the temperature each response was sampled at (Trajectory.temperature, else the collate default)
+    temperatures: torch.Tensor | None = None
 
     @property
     def response_len(self) -> int:
@@ -75,9 +77,10 @@ class TokenBatch:
         return TokenBatch(**{k: v.to(device) if v is not None else None for k, v in moved.items()})
 
 
-def collate(trajs: list[Trajectory], pad_id: int, pack: bool = True) -> TokenBatch:
+def collate(trajs: list[Trajectory], pad_id: int, pack: bool = True, temperature: float = 1.0) -> TokenBatch:
     """Pad a list of trajectories into a :class:`TokenBatch` (advantage broadcast per token if scalar);
-    with ``pack``, also lay it out without padding (:func:`pack_trajectories`) when it fits."""
+    with ``pack``, also lay it out without padding (:func:`pack_trajectories`) when it fits. ``temperature``
+    is the sampling temperature of trajectories that do not record their own."""
     lengths = [len(t.prompt_ids) + len(t.response_ids) for t in trajs]
     L, T = max(lengths), max(max(len(t.response_ids) for t in trajs), 1)
     B = len(trajs)
@@ -99,8 +102,9 @@ def collate(trajs: list[Trajectory], pad_id: int, pack: bool = True) -> TokenBat
             if t.rollout_logprobs:
                 roll[i, :r] = torch.tensor(t.rollout_logprobs[:r], dtype=torch.float)
     packed = pack_trajectories(trajs, T) if pack else None
+    temps = torch.tensor([temperature if t.temperature is None else t.temperature for t in trajs])
     return TokenBatch(input_ids, attn, start, mask, adv, roll if _has_rollout_logprobs(trajs) else None,
-                      packed=packed)
+                      packed=packed, temperatures=temps)
 
 
 def _has_rollout_logprobs(trajs: list[Trajectory]) -> bool:
@@ -230,12 +234,13 @@ def can_pack(model) -> bool:
             and not getattr(cfg, "output_router_logits", False))
 
 
-def response_logprobs(model, b: TokenBatch, with_entropy: bool = False, temperature: float = 1.0,
+def response_logprobs(model, b: TokenBatch, with_entropy: bool = False, temperature: float | None = None,
                       entropy_grad: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs [B, T] of each response token under ``model`` (and the entropy of each position).
 
-    Logits are divided by the sampling ``temperature``: the engine reports log-probs of the distribution it
-    sampled from, and the policy gradient is taken through that same distribution.
+    Logits are divided by the sampling temperature of each response (``b.temperatures``, or ``temperature``
+    for all rows when given): the engine reports log-probs of the distribution it sampled from, and the
+    policy gradient is taken through that same distribution. A temperature of 0 (greedy) counts as 1.
 
     Only the response positions are put through log-softmax, and the logits are sliced before the
     vocabulary-sized float work, which is what dominates memory for real vocabularies. With
@@ -257,8 +262,9 @@ def response_logprobs(model, b: TokenBatch, with_entropy: bool = False, temperat
         pos = (b.response_start.unsqueeze(1) - 1 + offsets).clamp(max=logits.shape[1] - 1)
         resp_logits = logits.gather(1, pos.unsqueeze(-1).expand(B, T, logits.shape[-1])).float()
         targets = b.input_ids.gather(1, (pos + 1).clamp(max=b.input_ids.shape[1] - 1))
-    if temperature > 0 and temperature != 1.0:
-        resp_logits = resp_logits / temperature
+    temps = _row_temperatures(b, temperature)
+    if temps is not None:
+        resp_logits = resp_logits / temps.to(resp_logits)[:, None, None]
     logp_all = F.log_softmax(resp_logits, dim=-1)
     logp = logp_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1) * (b.mask > 0)
     entropy = None
@@ -267,6 +273,18 @@ def response_logprobs(model, b: TokenBatch, with_entropy: bool = False, temperat
         with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
             entropy = -(logp_all.exp() * logp_all).sum(-1)
     return logp, entropy
+
+
+def _row_temperatures(b: TokenBatch, temperature: float | None) -> torch.Tensor | None:
+    """[B] divisors for the logits, or None when every row is at temperature 1 (no division at all)."""
+    if temperature is not None:
+        temps = torch.full((b.mask.shape[0],), float(temperature))
+    elif b.temperatures is not None:
+        temps = b.temperatures.float()
+    else:
+        return None
+    temps = torch.where(temps > 0, temps, torch.ones_like(temps))
+    return None if bool((temps == 1).all()) else temps
 
 
 def _float_masks(pk: Packed, dtype: torch.dtype) -> Packed:

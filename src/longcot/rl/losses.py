@@ -39,6 +39,17 @@ class LossBatch:
     total_seqs: float | None = None
 
 
+# |log(pi / pi_old)| is clamped here before exp(), as verl does: an off-policy token (async rollouts, partial
+# rollouts, a routing flip in an MoE) can have a log-ratio of hundreds, whose exp overflows to inf and turns
+# the loss and every gradient into NaN. Clipped losses lose no signal: such a ratio is far outside any clip range.
+MAX_LOG_RATIO = 20.0
+
+
+def log_ratio(b: LossBatch) -> torch.Tensor:
+    """log(pi_theta / pi_old) per token, clamped to [-MAX_LOG_RATIO, MAX_LOG_RATIO]."""
+    return (b.logprobs - b.old_logprobs).clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO)
+
+
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * mask).sum() / mask.sum().clamp(min=1.0)
 
@@ -81,8 +92,7 @@ def ppo_clip(b: LossBatch, clip_low: float = 0.2, clip_high: float = 0.2, dual_c
     """
     if dual_clip is not None and dual_clip <= 1:
         raise ValueError(f"ppo_clip: dual_clip must be > 1 (got {dual_clip})")
-    log_ratio = b.logprobs - b.old_logprobs
-    ratio = torch.exp(log_ratio)
+    ratio = torch.exp(log_ratio(b))
     surr1 = ratio * b.advantages
     surr2 = torch.clamp(ratio, 1 - clip_low, 1 + clip_high) * b.advantages
     loss = -torch.minimum(surr1, surr2)
@@ -111,7 +121,7 @@ def gspo(b: LossBatch, clip_low: float = 3e-4, clip_high: float = 4e-4, variant:
     """
     if variant not in ("sequence", "token"):
         raise ValueError(f"gspo: variant must be 'sequence' or 'token' (got '{variant}')")
-    seq_log_ratio = _seq_mean(b.logprobs - b.old_logprobs, b.mask)  # [B]
+    seq_log_ratio = _seq_mean(log_ratio(b), b.mask)  # [B]
     s = torch.exp(seq_log_ratio)
     if variant == "sequence":
         adv = _seq_mean(b.advantages, b.mask)
@@ -137,7 +147,7 @@ def cispo(b: LossBatch, clip_low: float = 1.0, clip_high: float = 0.28):
     gradient of tokens outside the trust region, often the rare "wait"/"recheck" tokens that matter for
     long CoT). ``clip_low=1.0`` means no lower bound (weight >= 0), as in the paper.
     """
-    ratio = torch.exp(b.logprobs - b.old_logprobs).detach()
+    ratio = torch.exp(log_ratio(b)).detach()
     w = torch.clamp(ratio, min=1 - clip_low, max=1 + clip_high)
     loss = -w * b.advantages * b.logprobs
     truncated = ((ratio > 1 + clip_high) | (ratio < 1 - clip_low)).float()
@@ -206,7 +216,7 @@ def _tis(b: LossBatch, per_token: torch.Tensor, cap: float, metrics: dict) -> to
     """Truncated importance sampling: weight min(pi_old / pi_rollout, cap), detached (Yao et al. 2025)."""
     if b.rollout_logprobs is None:
         raise ValueError("tis_cap is set but the batch has no rollout_logprobs (the engine's log-probs)")
-    w = torch.exp(b.old_logprobs - b.rollout_logprobs).clamp(max=cap).detach()
+    w = torch.exp((b.old_logprobs - b.rollout_logprobs).clamp(max=MAX_LOG_RATIO)).clamp(max=cap).detach()
     metrics["tis_weight_mean"] = float(masked_mean(w, b.mask))
     metrics["tis_capped_frac"] = float(masked_mean((w >= cap).float(), b.mask))
     return per_token * w

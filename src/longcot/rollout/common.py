@@ -38,6 +38,7 @@ def make_trajectory(
     text: str,
     finish: Finish,
     version: int,
+    temperature: float | None = None,
 ) -> Trajectory:
     """One record; ``meta`` is copied so reward functions can annotate one sample without touching its siblings.
     ``logprobs`` is empty when the engine was asked not to return them (``SamplingConfig.logprobs=False``)."""
@@ -56,6 +57,7 @@ def make_trajectory(
         prompt_text=prompt.prompt_text,
         segments=[Segment(start=0, end=len(response_ids), policy_version=version)],
         meta=dict(prompt.meta),
+        temperature=temperature,
     )
 
 

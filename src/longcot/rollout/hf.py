@@ -112,7 +112,8 @@ class HFEngine:
             n, finish = self._cut(ids, sampling)
             text = self.tokenizer.decode(ids[:n], skip_special_tokens=True)
             lps = picked[row, :n].tolist() if picked is not None else []
-            trajs.append(make_trajectory(prompt, group_tag, ids[:n], lps, text, finish, self.version))
+            trajs.append(make_trajectory(prompt, group_tag, ids[:n], lps, text, finish, self.version,
+                                         sampling.temperature))
         return trajs
 
     def _limit(self, prompt: Prompt, sampling: SamplingConfig) -> int:

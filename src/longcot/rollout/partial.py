@@ -144,7 +144,7 @@ class PartialRollouts:
             self.buffer[gid] = [
                 _Sample(Trajectory(prompt_id=p.prompt_id, group_id=gid, prompt_ids=list(p.prompt_ids), response_ids=[],
                                    rollout_logprobs=[], finish="budget", prompt_text=p.prompt_text,
-                                   meta=dict(p.meta)),
+                                   meta=dict(p.meta), temperature=sampling.temperature),
                         index=i, seed=None if base is None else base + i, born=self.version)
                 for i in range(sampling.n)
             ]
@@ -296,6 +296,14 @@ class VLLMBackend:
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
+    def _seed(self, r: Request) -> int | None:
+        """The request's seed. With exact resume the sample's own seed, its generator advanced past the draws
+        already made; without it (other samplers than vLLM's CPU one) a seed of its own per segment: reusing
+        the sample's seed would replay the first segment's random numbers in every later segment."""
+        if r.seed is None or self.exact_resume or r.draws == 0:
+            return r.seed
+        return (r.seed * 1_000_003 + r.draws) % (2**31 - 1)
+
     def run(self, reqs: list[Request], sampling: SamplingConfig) -> list[Completion]:
         from vllm import SamplingParams
 
@@ -305,7 +313,7 @@ class VLLMBackend:
             SamplingParams(
                 n=1, temperature=sampling.temperature, top_p=sampling.top_p,
                 top_k=0 if sampling.top_k in (-1, 0) else sampling.top_k, max_tokens=r.max_tokens,
-                stop=list(sampling.stop) or None, seed=r.seed, logprobs=0, include_stop_str_in_output=True,
+                stop=list(sampling.stop) or None, seed=self._seed(r), logprobs=0, include_stop_str_in_output=True,
                 extra_args={_DRAWS_KEY: r.draws} if self.exact_resume and r.draws and r.seed is not None else None,
             )
             for r in reqs

@@ -116,7 +116,8 @@ class VLLMEngine:
                 if comp.finish_reason not in ("stop", "length"):
                     raise RuntimeError(f"vLLM finished prompt {prompt.prompt_id!r} with {comp.finish_reason!r}")
                 text = comp.text if detokenized else self._decode(ids)
-                trajs.append(make_trajectory(prompt, group_tag, ids, lps, text, comp.finish_reason, self.version))
+                trajs.append(make_trajectory(prompt, group_tag, ids, lps, text, comp.finish_reason, self.version,
+                                             sampling.temperature))
         return trajs
 
     def _decode(self, ids: list[int]) -> str:
@@ -156,7 +157,8 @@ class VLLMEngine:
         for i, s in enumerate(seqs):
             if len(s) >= self.max_model_len:
                 raise ValueError(f"compute_logprobs: sequence {i} has {len(s)} tokens >= max_model_len")
-        params = SamplingParams(max_tokens=1, temperature=1.0, prompt_logprobs=0)
+        # seeded: the one sampled token is discarded, and an unseeded request would draw from the global RNG
+        params = SamplingParams(max_tokens=1, temperature=1.0, prompt_logprobs=0, seed=0)
         outs = self.llm.generate([{"prompt_token_ids": s} for s in seqs], params, use_tqdm=False)
         result = []
         for p, s, out in zip(prompt_ids, seqs, outs, strict=True):

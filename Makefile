@@ -24,7 +24,7 @@ $(STAMP):
 install: $(STAMP)
 
 demo: install
-	$(BIN)/longcot train recipes/tiny/arith-moe.yaml
+	$(BIN)/longcot train recipes/tiny/arith-moe.yaml --overwrite
 
 test: install
 	$(BIN)/python -m pytest -q --timeout=900

@@ -80,10 +80,9 @@ def main() -> int:
 
     from longcot.config import load_recipe
     from longcot.data import build_task
+    from longcot.data.prompts import PromptSource
     from longcot.pipeline import (
-        RunDir,
         heldout_eval,
-        make_prompt_source,
         prepare_model,
         rl_engine,
         run_sft_stage,
@@ -92,6 +91,7 @@ def main() -> int:
     from longcot.policies.load import load_policy, load_tokenizer
     from longcot.rl.trainer import RLTrainer
     from longcot.rollout import build_engine
+    from longcot.run import RunDir
 
     args = parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -113,14 +113,15 @@ def main() -> int:
     after_sft = heldout_eval(engine, tok, task, recipe, run.root / "eval" / "after_sft")["accuracy"]
     arms = {}
     for name, r in build_arms(recipe).items():
-        next_prompts, on_results = make_prompt_source(r, task, tok)
+        prompts = PromptSource(r, task, tok)
         model = load_policy(str(sft), r.model.dtype)
-        arms[name] = {"trainer": RLTrainer(model, tok, rl_engine(engine, r), r, next_prompts, on_results), "rows": []}
+        arms[name] = {"trainer": RLTrainer(model, tok, rl_engine(engine, r), r, prompts.next_prompts,
+                                           prompts.on_results), "rows": []}
     for step in range(args.steps):
         order = list(arms) if step % 2 == 0 else list(arms)[::-1]
         for name in order:
             tr = arms[name]["trainer"]
-            engine.sync_weights(tr.accelerator.unwrap_model(tr.model).named_parameters(), tr.version)
+            engine.sync_weights(tr.learner.named_parameters(), tr.version)
             row, trajs = tr.step(step)
             row["n_trajs"] = len(trajs)
             arms[name]["rows"].append(row)

@@ -13,6 +13,7 @@ import torch
 
 from longcot.config import load_recipe
 from longcot.data import build_task
+from longcot.data.prompts import PromptSource
 from longcot.pipeline import rl_loop
 from longcot.policies.build import build_tiny_moe
 from longcot.policies.load import load_policy, load_tokenizer
@@ -41,9 +42,9 @@ def make_trainer(policy_dir: Path, tmp_path: Path, *overrides: str) -> tuple[RLT
     model = load_policy(policy_dir)
     task = build_task(recipe.data)
     engine = HFEngine.from_module(model, tok)
-    trainer = RLTrainer(model, tok, engine, recipe,
-                        lambda step, k: [task.prompt(r, tok) for r in task.train[2 * step:2 * step + k]])
-    return trainer, recipe, task
+    prompts = PromptSource(recipe, task, tok)
+    trainer = RLTrainer(model, tok, engine, recipe, prompts.next_prompts, prompts.on_results)
+    return trainer, recipe, task, prompts
 
 
 def assert_sums(row: dict) -> None:
@@ -56,7 +57,7 @@ def assert_sums(row: dict) -> None:
 
 @pytest.mark.parametrize("updates", [1, 2])
 def test_breakdown_sums_to_step_time(policy_dir, tmp_path, updates):
-    trainer, _, _ = make_trainer(policy_dir, tmp_path, f"rl.updates_per_step={updates}")
+    trainer, _, _, _ = make_trainer(policy_dir, tmp_path, f"rl.updates_per_step={updates}")
     for step in range(2):
         row, trajs = trainer.step(step)
         assert PHASES <= set(row), PHASES - set(row)
@@ -68,9 +69,9 @@ def test_breakdown_sums_to_step_time(policy_dir, tmp_path, updates):
 
 
 def test_periodic_eval_is_in_the_breakdown_and_the_report(policy_dir, tmp_path):
-    trainer, recipe, task = make_trainer(policy_dir, tmp_path, "eval.every=1", "rl.steps=2")
+    trainer, recipe, task, prompts = make_trainer(policy_dir, tmp_path, "eval.every=1", "rl.steps=2")
     run = RunDir(tmp_path / "tb")
-    rl_loop(trainer, recipe, run, task, trainer.tokenizer)
+    rl_loop(trainer, recipe, run, task, trainer.tokenizer, prompts)
     rows = read_metrics(run.metrics_path)
     assert [r["step"] for r in rows] == [0, 1]
     # the eval after step 0 is timed into that row; the last step's eval is the final one, outside the loop

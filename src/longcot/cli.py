@@ -26,6 +26,9 @@ def train_main(argv: list[str]) -> int:
     ap.add_argument("recipe", help="path to a recipe YAML (recipes/tiny/arith-moe.yaml)")
     ap.add_argument("overrides", nargs="*", help="key=value overrides, e.g. rl.steps=10 seed=1")
     ap.add_argument("--dry-run", action="store_true", help="validate and print the resolved recipe, then exit")
+    ap.add_argument("--resume", action="store_true",
+                    help="continue runs/<name>/ from its latest training state (docs/recipes.md 'Resuming a run')")
+    ap.add_argument("--overwrite", action="store_true", help="delete an existing runs/<name>/ and start afresh")
     ns = ap.parse_args(argv)
     from longcot.config import ConfigError, load_recipe, to_dict
 
@@ -40,8 +43,18 @@ def train_main(argv: list[str]) -> int:
         print(yaml.safe_dump(to_dict(recipe), sort_keys=False))
         return 0
     from longcot.pipeline import train
+    from longcot.run.preemption import Preempted
+    from longcot.run.state import StateError
 
-    summary = train(recipe)
+    try:
+        summary = train(recipe, resume=ns.resume, overwrite=ns.overwrite)
+    except (ConfigError, StateError) as e:
+        print(f"longcot train: {e}", file=sys.stderr)
+        return 2
+    except Preempted as e:
+        again = " ".join(["longcot train", ns.recipe, *ns.overrides, "--resume"])
+        print(f"longcot train: {e}\ncontinue with: {again}", file=sys.stderr)
+        return e.exit_code
     ev = summary.get("eval", {})
     for stage in ("after_sft", "after_rl"):
         if stage in ev:

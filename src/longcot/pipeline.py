@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from longcot.config import Recipe
 from longcot.data import Task, build_task
-from longcot.data.samplers import make_sampler
+from longcot.data.prompts import PromptSource
 from longcot.eval.evaluate import evaluate
 from longcot.eval.grading import make_grader
 from longcot.policies.build import build_tiny_moe
@@ -25,6 +25,9 @@ from longcot.policies.load import load_policy, load_tokenizer
 from longcot.rollout import agents, build_engine
 from longcot.rollout.base import SamplingConfig
 from longcot.run import RunDir
+from longcot.run.checkpoint import restore_training_state, save_training_state
+from longcot.run.preemption import Preempted, StopOnSignal
+from longcot.run.resume import open_run
 
 log = logging.getLogger(__name__)
 
@@ -77,37 +80,27 @@ def run_sft_stage(recipe: Recipe, model, tokenizer, task: Task, run: RunDir) -> 
     return str(out)
 
 
-def make_prompt_source(recipe: Recipe, task: Task, tokenizer):
-    """``next_prompts(step, k)`` from the recipe's sampler, and the callback that feeds it success rates."""
-    sampler = make_sampler(recipe.data.sampler, task.train, seed=recipe.seed, **recipe.data.sampler_options)
-
-    def next_prompts(step: int, k: int):
-        return [task.prompt(task.train[i], tokenizer) for i in sampler.sample(k)]
-
-    def on_results(trajs) -> None:
-        sampler.update([t.prompt_id for t in trajs], [t.rewards.get("math", t.reward) > 0 for t in trajs])
-
-    return next_prompts, on_results
-
-
-def train(recipe: Recipe) -> dict:
-    """Run a recipe end to end; returns the summary (also written to ``summary.json``)."""
+def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict:
+    """Run a recipe end to end; returns the summary (also written to ``summary.json``). ``resume`` continues
+    ``runs/<name>/`` from its latest training state (finished stages are not redone); ``overwrite`` deletes an
+    existing run of that name first."""
     from longcot.rl.trainer import RLTrainer
 
     if recipe.threads:
         torch.set_num_threads(recipe.threads)
     seed_everything(recipe.seed)
-    run = RunDir(Path(recipe.out_dir) / recipe.name)
-    if run.metrics_path.exists():
-        run.metrics_path.unlink()
+    run, state = open_run(recipe, resume, overwrite)
     run.write_config(recipe)
     policy_path = prepare_model(recipe, run)
     tokenizer = load_tokenizer(policy_path)
-    model = load_policy(policy_path, recipe.model.dtype)
     task = build_task(recipe.data)
     run.update_summary(run={"name": recipe.name, "seed": recipe.seed, "policy": policy_path,
                             "train_problems": len(task.train), "heldout_problems": len(task.heldout)})
-    if recipe.sft.enabled:
+    if recipe.sft.enabled and "sft" in run.summary:
+        policy_path = str(run.checkpoint("sft"))
+        log.info("SFT already finished in this run: continuing from %s", policy_path)
+    model = load_policy(policy_path, recipe.model.dtype)
+    if recipe.sft.enabled and "sft" not in run.summary:
         policy_path = run_sft_stage(recipe, model, tokenizer, task, run)
     max_len = max(recipe.rollout.max_model_len, longest_prompt(task, tokenizer)
                   + max(recipe.rollout.max_tokens, recipe.eval.max_tokens))
@@ -115,16 +108,20 @@ def train(recipe: Recipe) -> dict:
                           **recipe.rollout.engine_options)
     engine = agents.wrap_engine(engine, recipe, tokenizer, run.root / "agents", policy_path)  # as is unless enabled
     try:
-        after_sft = heldout_eval(engine, tokenizer, task, recipe, run.root / "eval" / "after_sft")
-        run.update_summary(eval={"after_sft": after_sft})
-        log.info("held-out accuracy after SFT: %.3f", after_sft["accuracy"])
+        if "after_sft" not in run.summary.get("eval", {}):
+            after_sft = heldout_eval(engine, tokenizer, task, recipe, run.root / "eval" / "after_sft")
+            run.update_summary(eval={"after_sft": after_sft})
+        log.info("held-out accuracy after SFT: %.3f", run.summary["eval"]["after_sft"]["accuracy"])
         if recipe.rl.enabled and recipe.rl.steps > 0:
-            next_prompts, on_results = make_prompt_source(recipe, task, tokenizer)
-            trainer = RLTrainer(model, tokenizer, rl_engine(engine, recipe), recipe, next_prompts, on_results)
-            rl_loop(trainer, recipe, run, task, tokenizer)
-            after_rl = heldout_eval(engine, tokenizer, task, recipe, run.root / "eval" / "after_rl")
-            run.update_summary(eval={"after_rl": after_rl})
-            log.info("held-out accuracy after RL: %.3f", after_rl["accuracy"])
+            prompts = PromptSource(recipe, task, tokenizer)
+            trainer = RLTrainer(model, tokenizer, rl_engine(engine, recipe), recipe, prompts.next_prompts,
+                                prompts.on_results)
+            start = restore_training_state(trainer, prompts, run, state) if state else run.truncate_metrics(0)
+            ran = rl_loop(trainer, recipe, run, task, tokenizer, prompts, start)
+            if ran or "after_rl" not in run.summary.get("eval", {}):
+                after_rl = heldout_eval(engine, tokenizer, task, recipe, run.root / "eval" / "after_rl")
+                run.update_summary(eval={"after_rl": after_rl})
+            log.info("held-out accuracy after RL: %.3f", run.summary["eval"]["after_rl"]["accuracy"])
     finally:
         if hasattr(engine, "shutdown"):
             engine.shutdown()
@@ -153,27 +150,36 @@ def rl_engine(engine, recipe: Recipe):
     return PartialRollouts(engine, recipe.partial)
 
 
-def rl_loop(trainer, recipe: Recipe, run: RunDir, task: Task, tokenizer) -> None:
-    """The RL steps with a progress bar, metrics rows, periodic eval and checkpoints."""
-    bar = tqdm(range(recipe.rl.steps), desc="rl", unit="step", dynamic_ncols=True,
+def rl_loop(trainer, recipe: Recipe, run: RunDir, task: Task, tokenizer, prompts: PromptSource,
+            start: int = 0) -> int:
+    """RL steps ``start`` .. ``rl.steps - 1`` with a progress bar, metrics rows, periodic eval and training
+    states (every ``rl.checkpoint_every`` steps, at the end, and on SIGTERM/Ctrl-C). Returns the steps run."""
+    steps = recipe.rl.steps
+    bar = tqdm(range(start, steps), initial=start, total=steps, desc="rl", unit="step", dynamic_ncols=True,
                disable=os.environ.get("LONGCOT_NO_PROGRESS") == "1")
-    for step in bar:
-        row, _ = trainer.step(step)
-        if recipe.eval.every and (step + 1) % recipe.eval.every == 0 and step + 1 < recipe.rl.steps:
-            engine = getattr(trainer.engine, "inner", trainer.engine)  # eval bypasses partial rollouts
-            t_eval = time.perf_counter()
-            ev = heldout_eval(engine, tokenizer, task, recipe, run.root / "eval" / f"step_{step + 1:06d}")
-            row["eval/accuracy"] = ev["accuracy"]
-            # The eval belongs to this step's wall time: time/* still sums to step_seconds (tokens_per_s
-            # stays the training throughput, measured before the eval).
-            row["time/eval"] = time.perf_counter() - t_eval
-            row["step_seconds"] += row["time/eval"]
-        run.log_metrics(row)
-        bar.set_postfix(reward=f"{row['reward_mean']:.3f}", acc=f"{row['accuracy']:.3f}",
-                        len=f"{row['response_len_mean']:.0f}")
-        if recipe.rl.checkpoint_every and (step + 1) % recipe.rl.checkpoint_every == 0:
-            save_checkpoint(trainer, tokenizer, run.checkpoint(f"step-{step + 1:06d}"))
-    save_checkpoint(trainer, tokenizer, run.checkpoint("final"))
+    with StopOnSignal() as stop:
+        for step in bar:
+            row, _ = trainer.step(step)
+            if recipe.eval.every and (step + 1) % recipe.eval.every == 0 and step + 1 < steps:
+                engine = getattr(trainer.engine, "inner", trainer.engine)  # eval bypasses partial rollouts
+                t_eval = time.perf_counter()
+                ev = heldout_eval(engine, tokenizer, task, recipe, run.root / "eval" / f"step_{step + 1:06d}")
+                row["eval/accuracy"] = ev["accuracy"]
+                # The eval belongs to this step's wall time: time/* still sums to step_seconds (tokens_per_s
+                # stays the training throughput, measured before the eval).
+                row["time/eval"] = time.perf_counter() - t_eval
+                row["step_seconds"] += row["time/eval"]
+            run.log_metrics(row)
+            bar.set_postfix(reward=f"{row['reward_mean']:.3f}", acc=f"{row['accuracy']:.3f}",
+                            len=f"{row['response_len_mean']:.0f}")
+            every = recipe.rl.checkpoint_every
+            if (every and (step + 1) % every == 0) or step + 1 == steps or stop.requested:
+                path = save_training_state(trainer, prompts, run, step + 1, recipe.rl.keep_checkpoints)
+            if stop.requested:
+                raise Preempted(stop.signum, str(path))
+    if start < steps:
+        save_checkpoint(trainer, tokenizer, run.checkpoint("final"))
+    return steps - start
 
 
 def save_checkpoint(trainer, tokenizer, path: Path) -> None:

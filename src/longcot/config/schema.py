@@ -113,7 +113,10 @@ class RLConfig:
     dynamic_max_extra_rounds: int = 2  # cap on extra generation rounds per step
     length_penalty_reward: str = "k15_length"  # the reward whose weight follows the warm-up schedule
     length_penalty_warmup: int = 0  # steps with that reward's weight at 0 (k1.5), then its recipe weight
-    checkpoint_every: int = 0  # 0: only the final checkpoint
+    # A training state (run/state.py: weights, optimizer, sampler, RNG, partial-rollout buffer) every N steps, at
+    # the end and on SIGTERM/Ctrl-C; `longcot train ... --resume` continues from the latest. 0: end/signal only.
+    checkpoint_every: int = 50
+    keep_checkpoints: int = 2  # newest training states kept on disk (0: all)
 
 
 @dataclass
@@ -209,6 +212,9 @@ class Recipe:
     def __post_init__(self) -> None:
         if self.rollout.n < 1 or self.rl.prompts_per_step < 1:
             raise ValueError("rollout.n and rl.prompts_per_step must be >= 1")
+        if self.rl.checkpoint_every < 0 or self.rl.keep_checkpoints < 0:
+            raise ValueError("rl.checkpoint_every and rl.keep_checkpoints must be >= 0, got "
+                             f"{self.rl.checkpoint_every}, {self.rl.keep_checkpoints}")
         if self.rollout.sync_check_every < 0 or self.rollout.sync_check_max_gap <= 0:
             raise ValueError("rollout.sync_check_every must be >= 0 and rollout.sync_check_max_gap > 0, got "
                              f"{self.rollout.sync_check_every}, {self.rollout.sync_check_max_gap}")

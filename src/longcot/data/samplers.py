@@ -7,6 +7,10 @@ A sampler is built from the training rows, a seed and the recipe's ``data.sample
 * ``update(prompt_ids, successes)``: per-sample outcomes of the last step (prompt id = ``str(row["id"])``,
   or the row index when rows have no ``id``; success is a bool or a reward in [0, 1]).
 
+And ``state_dict()`` / ``load_state_dict()`` for a resumed run: the generator's state plus whatever the sampler
+tracks (the epoch's remaining order, the curriculum position, success statistics), so a resumed run draws
+exactly the prompts the uninterrupted one would have.
+
 Samplers are deterministic by seed: the same seed, calls and updates give the same indices.
 
 * ``uniform``: shuffled epochs without replacement.
@@ -18,6 +22,7 @@ Samplers are deterministic by seed: the same seed, calls and updates give the sa
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -29,7 +34,10 @@ SAMPLERS: Registry = Registry("sampler")
 
 
 class Sampler:
-    """Base: row ids, a seeded generator, and a no-op ``update``."""
+    """Base: row ids, a seeded generator, and a no-op ``update``. Subclasses name their mutable attributes in
+    ``_state`` so that :meth:`state_dict` captures them."""
+
+    _state: tuple[str, ...] = ()
 
     def __init__(self, rows: Sequence[Mapping], seed: int = 0):
         if len(rows) == 0:
@@ -51,6 +59,19 @@ class Sampler:
     def update(self, prompt_ids: Iterable[str | int], successes: Iterable[float | bool]) -> None:
         """Outcomes of sampled responses; ignored by samplers that do not adapt."""
 
+    def state_dict(self) -> dict:
+        """Everything that decides the next draws: the generator's state and the sampler's own statistics."""
+        state = {name: copy.deepcopy(getattr(self, name)) for name in self._state}
+        return {"kind": type(self).__name__, "n": self.n, "rng": self.rng.bit_generator.state, **state}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["kind"] != type(self).__name__ or state["n"] != self.n:
+            raise ValueError(f"sampler state is for {state['kind']} over {state['n']} rows, not "
+                             f"{type(self).__name__} over {self.n}: the training data changed")
+        self.rng.bit_generator.state = state["rng"]
+        for name in self._state:
+            setattr(self, name, copy.deepcopy(state[name]))
+
     def row_of(self, prompt_id: str | int) -> int:
         """Row index of a prompt id (ints are taken as row indices)."""
         if isinstance(prompt_id, int | np.integer):
@@ -63,6 +84,8 @@ class Sampler:
 @SAMPLERS.register("uniform")
 class UniformSampler(Sampler):
     """Shuffled epochs without replacement: every row is drawn once before any is drawn twice."""
+
+    _state = ("_queue",)
 
     def __init__(self, rows: Sequence[Mapping], seed: int = 0):
         super().__init__(rows, seed)
@@ -84,6 +107,8 @@ class UniformSampler(Sampler):
 class CurriculumSampler(Sampler):
     """Easy-to-hard: the ``ceil(f * n)`` easiest rows (by ``column``, ties broken by row order) are the pool,
     f = start_fraction + (1 - start_fraction) * min(1, step / ramp_steps); sample uniformly from the pool."""
+
+    _state = ("step",)
 
     def __init__(self, rows: Sequence[Mapping], seed: int = 0, column: str = "difficulty",
                  start_fraction: float = 0.3, ramp_steps: int = 100):
@@ -115,6 +140,8 @@ class PrioritizedSampler(Sampler):
     """k1.5 prioritized sampling: P(row) proportional to max(1 - success_rate, floor), without replacement
     within a step. Success rate = mean of all outcomes seen for the prompt, or an EMA with weight ``ema``
     on the newest step's mean when ``ema`` is set (tracks a policy that is improving)."""
+
+    _state = ("success", "count")
 
     def __init__(self, rows: Sequence[Mapping], seed: int = 0, floor: float = 0.05, init_success: float = 0.0,
                  ema: float | None = None):

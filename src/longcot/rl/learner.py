@@ -75,6 +75,18 @@ class Learner:
         self.optimizer.load_state_dict(state["optimizer"])
         self.version, self.updates = int(state["version"]), int(state["updates"])
 
+    def load_weights(self, path: str | Path) -> None:
+        """Load HF-format weights saved by :meth:`save_pretrained` into the policy in place (the model object,
+        its optimizer binding and the reference built from the starting policy stay as they are).
+
+        Through ``from_pretrained``, not the safetensors files: transformers stores some modules in another
+        layout on disk than in memory (Qwen3-MoE experts are fused in memory, per expert on disk) and converts
+        on load. The loaded copy lives on the CPU until its tensors are copied in."""
+        model = self.unwrapped()
+        loaded = type(model).from_pretrained(str(path), dtype=next(model.parameters()).dtype)
+        model.load_state_dict(loaded.state_dict(), strict=True)
+        del loaded
+
     # ---- the update -----------------------------------------------------------------------------------------
     def batches(self, model, trajs: list[Trajectory]) -> list[tuple[list[Trajectory], TokenBatch]]:
         """Micro-batches for ``model`` as (trajectories, tensors on its device); the packed layout (index tensors

@@ -153,6 +153,13 @@ class AgentEngine:
     def compute_logprobs(self, prompt_ids: list[list[int]], response_ids: list[list[int]]) -> list[list[float]]:
         return self.engine.compute_logprobs(prompt_ids, response_ids)
 
+    def state_dict(self) -> dict:
+        """Agent rollouts carry nothing across steps but the call counter that names evaluation traces."""
+        return {"calls": self.calls}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.calls = int(state["calls"])
+
     def shutdown(self) -> None:
         for e in {id(self.engine): self.engine, id(self.sub_engine): self.sub_engine}.values():
             if hasattr(e, "shutdown"):

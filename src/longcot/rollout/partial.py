@@ -25,6 +25,7 @@ deterministic per-segment seed instead: reproducible, but not the uninterrupted 
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections import Counter
 from collections.abc import Iterable
@@ -108,6 +109,17 @@ class PartialRollouts:
 
     def compute_logprobs(self, prompt_ids: list[list[int]], response_ids: list[list[int]]) -> list[list[float]]:
         return self.inner.compute_logprobs(prompt_ids, response_ids)
+
+    def state_dict(self) -> dict:
+        """The buffer of unfinished (and waiting) samples with their segments and seeds: a resumed run continues
+        them exactly where they stopped."""
+        inner = self.inner.state_dict() if hasattr(self.inner, "state_dict") else None
+        return {"buffer": copy.deepcopy(self.buffer), "inner": inner}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.buffer = copy.deepcopy(state["buffer"])
+        if state.get("inner") is not None:
+            self.inner.load_state_dict(state["inner"])
 
     def shutdown(self) -> None:
         if hasattr(self.inner, "shutdown"):

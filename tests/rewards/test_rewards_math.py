@@ -72,7 +72,7 @@ def test_pathological_input_is_killed_at_the_time_limit():
 def test_compute_rewards_counts_a_missing_gold_as_an_error():
     t_ok, t_bad = traj("\\boxed{1}", "1"), traj("\\boxed{1}", None, pid="bad")
     del t_bad.meta["answer"]
-    metrics = compute_rewards([t_ok, t_bad], [RewardSpec("math", on_error=-0.5)])
+    metrics = compute_rewards([t_ok, t_bad], [RewardSpec("math", on_error=-0.5, max_error_rate=1.0)])
     assert (t_ok.reward, t_bad.reward) == (1.0, -0.5)
     assert metrics["reward_errors/math"] == 1
 

@@ -92,8 +92,10 @@ def make_prompt_source(recipe: Recipe, task: Task, tokenizer):
 
 def train(recipe: Recipe) -> dict:
     """Run a recipe end to end; returns the summary (also written to ``summary.json``)."""
+    from longcot.config.validate import validate_recipe
     from longcot.rl.trainer import RLTrainer
 
+    validate_recipe(recipe)  # every name, option, file and this machine's sandbox: before any work
     if recipe.threads:
         torch.set_num_threads(recipe.threads)
     seed_everything(recipe.seed)
@@ -106,7 +108,8 @@ def train(recipe: Recipe) -> dict:
     model = load_policy(policy_path, recipe.model.dtype)
     task = build_task(recipe.data)
     run.update_summary(run={"name": recipe.name, "seed": recipe.seed, "policy": policy_path,
-                            "train_problems": len(task.train), "heldout_problems": len(task.heldout)})
+                            "train_problems": len(task.train), "heldout_problems": len(task.heldout),
+                            "skipped_no_answer": task.skipped_no_answer})
     if recipe.sft.enabled:
         policy_path = run_sft_stage(recipe, model, tokenizer, task, run)
     max_len = max(recipe.rollout.max_model_len, max(len(task.prompt(r, tokenizer).prompt_ids) for r in task.heldout)

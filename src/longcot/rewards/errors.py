@@ -44,7 +44,7 @@ def check_error_rate(errors: dict[str, list[tuple[str, str]]], n_samples: int, s
     needs no call of its own: :func:`~longcot.rewards.registry.compute_rewards` calls this at the end of every
     scoring round unless told not to (``longcot score`` marks rows instead of stopping)."""
     for spec in specs:
-        failed = errors.get(spec.name, [])
+        failed = errors.get(spec.key, [])
         if failed and n_samples and len(failed) / n_samples > spec.max_error_rate:
             sample_id, message = failed[0]
             raise RewardError(

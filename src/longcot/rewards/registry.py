@@ -26,7 +26,8 @@ from longcot.rewards.errors import RewardError, RewardSetupError, check_error_ra
 
 log = logging.getLogger(__name__)
 REWARDS: Registry = Registry("reward")
-__all__ = ["REWARDS", "RewardError", "RewardSetupError", "RewardSpec", "compute_rewards", "prepare_rewards", "reward"]
+__all__ = ["REWARDS", "RewardError", "RewardSetupError", "RewardSpec", "compute_rewards", "prepare_rewards",
+           "reward"]
 
 
 def reward(name: str | None = None, *, per_group: bool = False) -> Callable:
@@ -59,6 +60,14 @@ class RewardSpec:
         fn = REWARDS.get(self.name)
         check_options(fn, self.options, where=f"rewards[{self.name}]")
         return fn
+
+    @property
+    def key(self) -> str:
+        """The component name: the function's registered name, also when the recipe names it ``module:function``
+        (so ``myfile:concise`` of an ``@reward("concise")`` function logs ``concise``); else ``name``."""
+        if ":" not in self.name:
+            return self.name
+        return REWARDS.name_of(REWARDS.get(self.name)) or self.name
 
 
 def _as_components(name: str, value) -> dict[str, float]:
@@ -108,12 +117,12 @@ def _sample_id(t: Trajectory) -> str:
 def _failed(t: Trajectory, spec: RewardSpec, exc: BaseException, errors: dict[str, list]) -> None:
     """Mark, count and score one failed sample (or stop at once with ``on_error: raise``)."""
     message = describe(exc)
-    t.reward_errors[spec.name] = message
-    errors.setdefault(spec.name, []).append((_sample_id(t), message))
+    t.reward_errors[spec.key] = message
+    errors.setdefault(spec.key, []).append((_sample_id(t), message))
     if spec.on_error == "raise":
         raise RewardError(f"reward '{spec.name}' failed on sample {_sample_id(t)}: {message} "
                           "(rewards[].on_error: raise)") from exc
-    t.rewards[spec.name] = error_score(spec.on_error)
+    t.rewards[spec.key] = error_score(spec.on_error)
 
 
 def _per_group(trajs: list[Trajectory], spec: RewardSpec, fn: Callable, errors: dict[str, list]) -> None:
@@ -133,7 +142,7 @@ def _per_group(trajs: list[Trajectory], spec: RewardSpec, fn: Callable, errors: 
                 _failed(t, spec, values, errors)
             continue
         for t, v in zip(members, values, strict=True):
-            t.rewards[spec.name] = float(v)
+            t.rewards[spec.key] = float(v)
 
 
 def _per_sample(trajs: list[Trajectory], spec: RewardSpec, fn: Callable, errors: dict[str, list]) -> None:
@@ -151,7 +160,7 @@ def _per_sample(trajs: list[Trajectory], spec: RewardSpec, fn: Callable, errors:
     for t, v in zip(trajs, values, strict=True):
         if not isinstance(v, BaseException):
             try:
-                t.rewards.update(_as_components(spec.name, v))
+                t.rewards.update(_as_components(spec.key, v))
                 continue
             except Exception as e:  # noqa: BLE001 - e.g. a reward that returned None
                 v = e
@@ -194,7 +203,7 @@ def compute_rewards(trajs: list[Trajectory], specs: list[RewardSpec], *, enforce
         else:
             _per_sample(trajs, spec, fn, errors)
     for t in trajs:
-        t.reward = sum(s.weight * t.rewards.get(s.name, 0.0) for s in specs)
+        t.reward = sum(s.weight * t.rewards.get(s.key, 0.0) for s in specs)
     if enforce:
         check_error_rate(errors, len(trajs), specs)
     metrics = {f"reward_errors/{k}": float(len(v)) for k, v in errors.items()}

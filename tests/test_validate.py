@@ -65,7 +65,8 @@ def test_truncated_sampling_alone_is_allowed(capsys):
 
 def test_all_problems_are_reported_at_once_with_file_and_line(tmp_path, capsys):
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(f"base: {RECIPE}\nrewards:\n  - name: mathh\nrl:\n  loss: {{name: ppo_clip, options: {{x: 1}}}}\n")
+    recipe.write_text(f"base: {RECIPE}\nrewards:\n  - name: mathh\nrl:\n"
+                      "  loss: {name: ppo_clip, options: {x: 1}}\n")
     rc = main(["train", str(recipe), "--dry-run"])
     err = capsys.readouterr().err
     assert rc == 2 and "2 problems in the recipe" in err
@@ -91,7 +92,8 @@ def test_reward_modules_from_the_cwd_and_by_path(tmp_path, monkeypatch, capsys):
         "from longcot.rewards import reward\n\n@reward('test_shortish')\ndef shortish(sample, *, limit: int = 5):\n"
         "    return float(len(sample.response_text) <= limit)\n")
     (tmp_path / "lib").mkdir()
-    (tmp_path / "lib" / "extra.py").write_text("def longish(sample):\n    return float(len(sample.response_text) > 5)\n")
+    (tmp_path / "lib" / "extra.py").write_text("def longish(sample):\n"
+                                               "    return float(len(sample.response_text) > 5)\n")
     monkeypatch.chdir(tmp_path)
     rc, err = dry_run(capsys, "reward_modules=[myrewards]",
                       "rewards=[{name: test_shortish, options: {limit: 3}}, {name: 'lib/extra.py:longish'}]")

@@ -69,7 +69,8 @@ def test_score_rejects_unknown_reward_and_option_before_grading(tmp_path, capsys
     assert score_main(["--data", str(data), "--rewards", "mathh", "--out", str(out)]) == 2
     assert "'--rewards': unknown reward 'mathh' (did you mean 'math'?)" in capsys.readouterr().err
     assert score_main(["--data", str(data), "--rewards", "math", "--set", "math.fallbak=text", "--out", str(out)]) == 2
-    assert "'--set math.*': reward 'math': unknown option 'fallbak' (did you mean 'fallback'?)" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "'--set math.*': reward 'math': unknown option 'fallbak' (did you mean 'fallback'?)" in err
     assert not out.exists()
 
 
@@ -126,7 +127,7 @@ def test_score_custom_reward_from_a_file_in_the_cwd(tmp_path, monkeypatch):
     (tmp_path / "myrewards.py").write_text(
         "from longcot.rewards import reward\n\n@reward('test_short_answer')\n"
         "def short(sample, *, limit: int = 10):\n    return float(len(sample.response_text) <= limit)\n")
-    data = _rows(tmp_path / "d.jsonl", [{"id": 1, "response": "42"}, {"id": 2, "response": "x" * 50}])
+    _rows(tmp_path / "d.jsonl", [{"id": 1, "response": "42"}, {"id": 2, "response": "x" * 50}])
     monkeypatch.chdir(tmp_path)
     assert score_main(["--data", "d.jsonl", "--rewards", "myrewards:short", "--set", "myrewards:short.limit=5",
                        "--out", "o1.jsonl"]) == 0

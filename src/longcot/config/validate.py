@@ -72,9 +72,9 @@ def check_reward(name: str, options: dict, name_key: str, options_key: str, prob
                  environment: bool = False) -> Callable | None:
     """A reward exists, takes its options, accepts their values (its ``validate``) and, with ``environment``,
     can run here (its ``check``: the code sandbox's probe). Returns the function, or None after a problem."""
-    import longcot.rewards  # noqa: F401  (registers the built-in rewards)
-    from longcot.rewards.registry import REWARDS
+    from longcot.rewards.registry import REWARDS, load_builtin_rewards
 
+    load_builtin_rewards()
     ok, fn = problems.call(name_key, REWARDS.get, name)
     if not ok:
         return None
@@ -105,12 +105,13 @@ def check_model_path(path: str, key: str, problems: Problems) -> None:
         if not (p / "config.json").is_file():
             problems.add(key, f"{path} exists but has no config.json: not a Hugging Face model directory")
         return
-    looks_local = path.startswith(("/", ".", "~")) or path.count("/") != 1
+    # a hub name is "org/name"; "runs/x" is a local path when ./runs exists
+    looks_local = path.startswith(("/", ".", "~")) or path.count("/") != 1 or p.parent.is_dir()
     if looks_local:
         problems.add(key, f"model path does not exist: {path} (cwd {os.getcwd()})")
     elif os.environ.get("HF_HUB_OFFLINE") == "1" and not _in_hub_cache(path):
-        problems.add(key, f"'{path}' is neither a local directory nor in the Hugging Face cache, and "
-                          "HF_HUB_OFFLINE=1 forbids downloading it")
+        problems.add(key, f"model path does not exist: {path}, and no Hugging Face model of that name is cached "
+                          "(HF_HUB_OFFLINE=1 forbids downloading it)")
 
 
 def _in_hub_cache(repo_id: str) -> bool:

@@ -27,7 +27,9 @@ CUT_OFF = ("length", "budget", "repeat")
 
 def _load_builtin_rewards() -> None:
     """Import the modules that register the built-in rewards (registration happens on import)."""
-    import longcot.rewards.math  # noqa: F401
+    from longcot.rewards.registry import load_builtin_rewards
+
+    load_builtin_rewards()
 
 
 def _score(value, name: str) -> float:

@@ -127,6 +127,9 @@ def score_main(argv: list[str]) -> int:
 
 def list_main(argv: list[str]) -> int:
     argparse.ArgumentParser(prog="longcot rewards list", description="Registered rewards.").parse_args(argv)
+    from longcot.rewards.registry import load_builtin_rewards
+
+    load_builtin_rewards()
     for name in REWARDS.names():
         fn = REWARDS.get(name)
         kind = "group " if getattr(fn, "per_group", False) else "sample"

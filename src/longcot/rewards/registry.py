@@ -30,6 +30,20 @@ __all__ = ["REWARDS", "RewardError", "RewardSetupError", "RewardSpec", "compute_
            "reward"]
 
 
+# Modules whose import registers built-in rewards. repeat_cut lives beside the loop detector it scores
+# (longcot.rollout.repetition, which imports numpy and the rollout package): imported on demand, not with
+# longcot.rewards, so the reward worker processes stay light.
+BUILTIN_REWARD_MODULES = ("longcot.rewards", "longcot.rollout.repetition")
+
+
+def load_builtin_rewards() -> None:
+    """Register every built-in reward (``longcot rewards list``, validation, eval graders)."""
+    import importlib
+
+    for module in BUILTIN_REWARD_MODULES:
+        importlib.import_module(module)
+
+
 def reward(name: str | None = None, *, per_group: bool = False) -> Callable:
     """Register a reward function: ``@reward("my_reward")``."""
     return REWARDS.register(name, per_group=per_group)

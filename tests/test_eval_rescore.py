@@ -124,3 +124,24 @@ def test_a_problem_without_gold_answer_is_an_error_or_a_counted_skip(tmp_path, c
     assert "row 3 (id 'p4') has no gold answer (answer = None)" in err and "dataset.skip_missing_answers" in err
     rows, skipped = load_problems_counted(DatasetConfig(source=str(data), skip_missing_answers=True))
     assert [r["id"] for r in rows] == ["p1", "p2", "p3"] and skipped == 1
+
+
+def picky(sample) -> float:
+    """A grader that cannot grade some responses (for the per-row error marks)."""
+    if "boom" in sample.response_text:
+        raise ValueError("cannot parse boom")
+    return float(sample.response_text.strip() == sample.meta["answer"])
+
+
+def test_a_grading_failure_is_marked_in_its_row(tmp_path):
+    data, _ = _write(tmp_path)
+    resp = tmp_path / "r.jsonl"
+    resp.write_text("".join(json.dumps({"id": i, "response": r}) + "\n"
+                            for i, r in [("p1", "25"), ("p2", "boom"), ("p3", "1")]))
+    out = tmp_path / "o"
+    assert main(["--responses", str(resp), "--dataset", str(data), "--k", "1", "--grader",
+                 "tests.test_eval_rescore:picky", "--out", str(out)]) == 0
+    rows = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
+    assert [r.get("reward_error") for r in rows] == [None, "ValueError: cannot parse boom", None]
+    assert [r["correct"] for r in rows] == [True, False, True]
+    assert json.loads((out / "summary.json").read_text())["metrics"]["grade_errors"] == 1

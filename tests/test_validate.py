@@ -88,19 +88,19 @@ def test_validation_runs_in_train_too():
 
 
 def test_reward_modules_from_the_cwd_and_by_path(tmp_path, monkeypatch, capsys):
-    (tmp_path / "myrewards.py").write_text(
+    (tmp_path / "validate_rewards_mod.py").write_text(
         "from longcot.rewards import reward\n\n@reward('test_shortish')\ndef shortish(sample, *, limit: int = 5):\n"
         "    return float(len(sample.response_text) <= limit)\n")
     (tmp_path / "lib").mkdir()
     (tmp_path / "lib" / "extra.py").write_text("def longish(sample):\n"
                                                "    return float(len(sample.response_text) > 5)\n")
     monkeypatch.chdir(tmp_path)
-    rc, err = dry_run(capsys, "reward_modules=[myrewards]",
+    rc, err = dry_run(capsys, "reward_modules=[validate_rewards_mod]",
                       "rewards=[{name: test_shortish, options: {limit: 3}}, {name: 'lib/extra.py:longish'}]")
     assert rc == 0, err
     rc, err = dry_run(capsys, "reward_modules=[myrewardz]")
     assert rc == 2 and "'reward_modules[0]': cannot import module 'myrewardz'" in err
-    rc, err = dry_run(capsys, "rewards=[{name: test_shortish, options: {limt: 3}}]", "reward_modules=[myrewards]")
+    rc, err = dry_run(capsys, "rewards=[{name: test_shortish, options: {limt: 3}}]", "reward_modules=[validate_rewards_mod]")
     assert rc == 2 and "unknown option 'limt' (did you mean 'limit'?)" in err
 
 

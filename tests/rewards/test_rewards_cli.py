@@ -124,15 +124,15 @@ def test_repetition_without_token_ids_is_refused_or_tokenised(tmp_path, capsys):
 
 
 def test_score_custom_reward_from_a_file_in_the_cwd(tmp_path, monkeypatch):
-    (tmp_path / "myrewards.py").write_text(
+    (tmp_path / "score_rewards_mod.py").write_text(
         "from longcot.rewards import reward\n\n@reward('test_short_answer')\n"
         "def short(sample, *, limit: int = 10):\n    return float(len(sample.response_text) <= limit)\n")
     _rows(tmp_path / "d.jsonl", [{"id": 1, "response": "42"}, {"id": 2, "response": "x" * 50}])
     monkeypatch.chdir(tmp_path)
-    assert score_main(["--data", "d.jsonl", "--rewards", "myrewards:short", "--set", "myrewards:short.limit=5",
+    assert score_main(["--data", "d.jsonl", "--rewards", "score_rewards_mod:short", "--set", "score_rewards_mod:short.limit=5",
                        "--out", "o1.jsonl"]) == 0
     got = [json.loads(x) for x in (tmp_path / "o1.jsonl").read_text().splitlines()]
     assert [(g["test_short_answer"], g["reward"]) for g in got] == [(1.0, 1.0), (0.0, 0.0)]  # the registered name
-    assert score_main(["--data", "d.jsonl", "--reward-module", "myrewards.py", "--rewards", "test_short_answer",
+    assert score_main(["--data", "d.jsonl", "--reward-module", "score_rewards_mod.py", "--rewards", "test_short_answer",
                        "--out", "o2.jsonl"]) == 0
     assert (tmp_path / "o2.jsonl").read_text() == (tmp_path / "o1.jsonl").read_text()

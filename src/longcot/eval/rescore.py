@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from longcot.errors import InputError, MissingKeyError
-from longcot.eval.evaluate import grade_all, write_outputs
+from longcot.eval.evaluate import grade_all, grade_errors, write_outputs
 from longcot.eval.metrics import summarize
 
 
@@ -68,11 +68,14 @@ def rescore(
     graded = grade_all(grader, [r["response"] for r in rows], [gold[p] for p in pids], finishes)
     counts: dict[str, int] = {}
     records = []
-    for r, pid, finish, (extracted, correct) in zip(rows, pids, finishes, graded, strict=True):
+    errors = grade_errors(grader, len(rows))
+    for r, pid, finish, (extracted, correct), error in zip(rows, pids, finishes, graded, errors, strict=True):
         records.append({
             "id": pid, "sample": int(r.get("sample", counts.get(pid, 0))), "response": r["response"],
             "extracted": extracted, "correct": bool(correct), "tokens": _length(r, tokenizer), "finish": finish,
         })
+        if error:
+            records[-1]["reward_error"] = error
         counts[pid] = counts.get(pid, 0) + 1
     summary = summarize(records, ks, gold={pid: gold[pid] for pid in counts})
     summary["metrics"]["missing_problems"] = len(missing)

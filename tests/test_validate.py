@@ -100,7 +100,8 @@ def test_reward_modules_from_the_cwd_and_by_path(tmp_path, monkeypatch, capsys):
     assert rc == 0, err
     rc, err = dry_run(capsys, "reward_modules=[myrewardz]")
     assert rc == 2 and "'reward_modules[0]': cannot import module 'myrewardz'" in err
-    rc, err = dry_run(capsys, "rewards=[{name: test_shortish, options: {limt: 3}}]", "reward_modules=[validate_rewards_mod]")
+    rc, err = dry_run(capsys, "rewards=[{name: test_shortish, options: {limt: 3}}]",
+                      "reward_modules=[validate_rewards_mod]")
     assert rc == 2 and "unknown option 'limt' (did you mean 'limit'?)" in err
 
 

@@ -129,8 +129,8 @@ def test_score_custom_reward_from_a_file_in_the_cwd(tmp_path, monkeypatch):
         "def short(sample, *, limit: int = 10):\n    return float(len(sample.response_text) <= limit)\n")
     _rows(tmp_path / "d.jsonl", [{"id": 1, "response": "42"}, {"id": 2, "response": "x" * 50}])
     monkeypatch.chdir(tmp_path)
-    assert score_main(["--data", "d.jsonl", "--rewards", "score_rewards_mod:short", "--set", "score_rewards_mod:short.limit=5",
-                       "--out", "o1.jsonl"]) == 0
+    assert score_main(["--data", "d.jsonl", "--rewards", "score_rewards_mod:short",
+                       "--set", "score_rewards_mod:short.limit=5", "--out", "o1.jsonl"]) == 0
     got = [json.loads(x) for x in (tmp_path / "o1.jsonl").read_text().splitlines()]
     assert [(g["test_short_answer"], g["reward"]) for g in got] == [(1.0, 1.0), (0.0, 0.0)]  # the registered name
     assert score_main(["--data", "d.jsonl", "--reward-module", "score_rewards_mod.py", "--rewards", "test_short_answer",

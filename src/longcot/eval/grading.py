@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 
 from longcot.record import Trajectory
 from longcot.registry import check_options
+from longcot.rewards.errors import describe
 from longcot.rewards.registry import REWARDS
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ class Grader:
             except Exception as e:  # noqa: BLE001 - one bad sample must not lose a 30-minute eval
                 log.warning("grader %s failed on a response (scored wrong): %r", self.name, e)
                 self.errors += 1
-                correct, error = False, f"{type(e).__name__}: {e}"[:500]
+                correct, error = False, describe(e)
             self.last_errors.append(error)
             extracted = None if (c or self.extract is None) else self.extract(t.response_text)
             out.append((None if extracted is None else str(extracted), bool(correct)))

@@ -107,7 +107,13 @@ def score_main(argv: list[str]) -> int:
     except InputError as e:
         print(f"longcot score: {e}", file=sys.stderr)
         return 2
-    metrics = compute_rewards(samples, specs, enforce=False)  # a failed row is marked, the others still count
+    from longcot.rewards.errors import RewardError, RewardSetupError
+
+    try:
+        metrics = compute_rewards(samples, specs, enforce=False)  # a failed row is marked, the others still count
+    except (RewardError, RewardSetupError) as e:  # on_error: raise, or a reward that cannot run here
+        print(f"longcot score: {e}", file=sys.stderr)
+        return 1
     args.out.parent.mkdir(parents=True, exist_ok=True)
     failed = 0
     with args.out.open("w") as f:

@@ -34,7 +34,10 @@ def error_score(on_error: float | str) -> float:
 
 
 def describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"[:500]
+    """``"Type: message"`` (a KeyError's message without the quotes ``str`` would add), at most 500 characters."""
+    message = exc.args[0] if isinstance(exc, KeyError) and len(exc.args) == 1 and isinstance(exc.args[0], str) \
+        else str(exc)
+    return f"{type(exc).__name__}: {message}"[:500]
 
 
 def check_error_rate(errors: dict[str, list[tuple[str, str]]], n_samples: int, specs: Sequence) -> None:

@@ -198,7 +198,6 @@ def build_jail(outer_uid: int, tmp_mb: int, extra_ro: list[str]) -> list[str]:
     return features + ["pivot_root", "pid", "ipc"]
 
 
-
 # ---------------------------------------------------------------- dropping privileges and reaping
 
 
@@ -220,7 +219,6 @@ def drop_privileges(uid: int | None) -> None:
         os.setuid(uid)
     data = (ctypes.c_uint32 * 6)()
     check(LIBC.capset(ctypes.byref(_CapHeader(0x20080522, 0)), data), "capset")
-
 
 
 def _children() -> list[int]:
@@ -258,5 +256,3 @@ def reap_descendants() -> int:
             except ChildProcessError:
                 pass
     return killed
-
-

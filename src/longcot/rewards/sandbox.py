@@ -63,7 +63,6 @@ LIBC = jail.LIBC
 # ---------------------------------------------------------------- the jailed child (never returns)
 
 
-
 def _limit(limits: dict) -> None:
     mb = 1 << 20
     for res, value in ((resource.RLIMIT_CPU, limits["cpu_s"]), (resource.RLIMIT_AS, limits["memory_mb"] * mb),

@@ -39,7 +39,8 @@ def check_options(fn: Callable, options: dict, where: str) -> None:
     names = [n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY or p.default is not p.empty]
     for key in options:
         if key not in names:
-            raise KeyError(f"{where}: unknown option '{key}'{did_you_mean(key, names)}; valid: {', '.join(names)}")
+            valid = f"valid: {', '.join(names)}" if names else "it takes no options"
+            raise KeyError(f"{where}: unknown option '{key}'{did_you_mean(key, names)}; {valid}")
 
 
 def _load_file(path: Path):

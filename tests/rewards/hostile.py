@@ -25,6 +25,7 @@ GOOD_IO = "print(sum(map(int, input().split())))\n"
 LIMITS = {"wall_s": 3.0, "cpu_s": 3}
 SANDBOX_UID_MIN = 200000  # as root, executor.Sandbox gives the programs uid 200000 + worker pid
 SECRET_ENV = "LONGCOT_HOSTILE_SECRET"
+MARK = "lchostile_pwned"  # every file a program writes has this in its name: found whoever's test made it
 LEAKED = "def add(a, b):\n    return a + b + (1 if LEAK else 0)\n"  # a wrong answer exactly when the attack worked
 
 HOSTILE = {  # name -> (program or [programs run in turn, the last one scored], honest score)
@@ -34,11 +35,11 @@ HOSTILE = {  # name -> (program or [programs run in turn, the last one scored], 
     "infinite_loop_call": ("def add(a, b):\n    while True:\n        pass\n", 0.0),
     "network": ("import urllib.request\nV = urllib.request.urlopen('http://1.1.1.1', timeout=2).status\n"
                 "def add(a, b):\n    return a + b + V - 200\n", 0.0),
-    "write_outside": ("import os\nfor p in ['@REPO@/PWNED', '/root/PWNED', '/PWNED', '/usr/PWNED', '/etc/PWNED']:\n"
+    "write_outside": ("import os\nfor p in ['@REPO@/@M@', '/root/@M@', '/@M@', '/usr/@M@', '/etc/@M@']:\n"
                       "    try:\n        open(p, 'w').write('x')\n    except OSError:\n        pass\n"
-                      "open('/tmp/pwned_tmp', 'w').write('x')\n"
-                      "open('/dev/shm/pwned_shm', 'w').write('x')\n" + GOOD, 1.0),
-    "fill_disk": ("for i in range(40):\n    try:\n        open(f'/tmp/fill{i}', 'wb').write(b'x' * (8 << 20))\n"
+                      "open('/tmp/@M@_tmp', 'w').write('x')\n"
+                      "open('/dev/shm/@M@_shm', 'w').write('x')\n" + GOOD, 1.0),
+    "fill_disk": ("for i in range(40):\n    try:\n        open(f'/tmp/@M@_fill{i}', 'wb').write(b'x' * (8 << 20))\n"
                   "    except OSError:\n        break\n" + GOOD, 1.0),
     "kill_parent": ("import os, signal\nfor pid in [os.getppid(), 1] + list(range(2, 3000)):\n    try:\n"
                     "        os.kill(pid, signal.SIGKILL)\n    except OSError:\n        pass\n" + GOOD, 1.0),
@@ -70,7 +71,7 @@ HOSTILE = {  # name -> (program or [programs run in turn, the last one scored], 
     "escalate": ("import os\ntry:\n    os.setuid(0)\nexcept OSError:\n    pass\nassert os.getuid() != 0\n" + GOOD, 1.0),
     # ---- issue 14: the same attacks as an ordinary user, and more
     "read_secret_file": ("try:\n    LEAK = open('@SECRET@').read()\nexcept OSError:\n    LEAK = ''\n" + LEAKED, 1.0),
-    "write_open_dir": ("LEAK = False\nfor p in ['@OPEN_DIR@/pwned', '@OPEN_DIR@/../pwned']:\n    try:\n"
+    "write_open_dir": ("LEAK = False\nfor p in ['@OPEN_DIR@/@M@', '@OPEN_DIR@/../@M@']:\n    try:\n"
                        "        open(p, 'w').write('x')\n        LEAK = True\n    except OSError:\n        pass\n"
                        + LEAKED, 1.0),
     "setsid_exec_survivor": ("import subprocess\nsubprocess.Popen(['/bin/sh', '-c', 'trap \"\" HUP TERM; "
@@ -86,9 +87,11 @@ HOSTILE = {  # name -> (program or [programs run in turn, the last one scored], 
                              "except OSError:\n    LEAK = False\n" + LEAKED, 1.0),
     "unix_socket_file": ("import socket\ntry:\n    s = socket.socket(socket.AF_UNIX)\n    s.connect('@UNIX@')\n"
                          "    s.sendall(b'pwned')\n    LEAK = True\nexcept OSError:\n    LEAK = False\n" + LEAKED, 1.0),
-    "signal_known_pids": ("import os, signal\nLEAK = False\nfor pid in @PIDS@:\n    for kill in (os.kill, os.killpg):\n"
-                          "        try:\n            kill(pid, signal.SIGKILL)\n            LEAK = True\n"
-                          "        except OSError:\n            pass\n" + LEAKED, 1.0),
+    # the pids of the test process, the reward workers and their sandbox servers (not its own: in a PID
+    # namespace of its own the program is pid 1, which may be the driver's number too)
+    "signal_known_pids": ("import os, signal\nLEAK = False\nfor pid in set(@PIDS@) - {os.getpid(), os.getpgrp()}:\n"
+                          "    for kill in (os.kill, os.killpg):\n        try:\n            kill(pid, signal.SIGKILL)\n"
+                          "            LEAK = True\n        except OSError:\n            pass\n" + LEAKED, 1.0),
     "proc_snoop": ("import os\nLEAK = []\nfor p in ['/proc/self/environ', '/proc/1/cmdline', '/proc/mounts', "
                    "'/sys/kernel', '/proc/@TEST_PID@/environ'] + ['/proc/%d/cmdline' % q for q in @PIDS@]:\n"
                    "    try:\n        os.stat(p)\n        LEAK.append(p)\n    except OSError:\n        pass\n"
@@ -97,20 +100,20 @@ HOSTILE = {  # name -> (program or [programs run in turn, the last one scored], 
                     " or any('@SECRET_VALUE@' in v for v in os.environ.values())\n" + LEAKED, 1.0),
     "huge_stderr": ("import sys\nwhile True:\n    sys.stderr.write('x' * 65536)\n", 0.0),
     "huge_file": ("import signal\nsignal.signal(signal.SIGXFSZ, signal.SIG_IGN)\ntry:\n"
-                  "    with open('big', 'wb') as f:\n        for _ in range(1024):\n"
+                  "    with open('@M@_big', 'wb') as f:\n        for _ in range(1024):\n"
                   "            f.write(b'x' * (1 << 20))\nexcept OSError:\n    pass\n" + GOOD, 1.0),
     "escape_namespaces": ("import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\nLEAK = []\n"
                           "for flag, what in ((0x10000000, 'user'), (0x00020000, 'mount'), (0x40000000, 'net')):\n"
                           "    if libc.unshare(flag) == 0:\n        LEAK.append(what)\n"
                           "if libc.mount(b'none', b'/tmp', b'tmpfs', 0, None) == 0:\n    LEAK.append('mount')\n"
                           "try:\n    os.chroot('/tmp')\n    LEAK.append('chroot')\nexcept OSError:\n    pass\n"
-                          "for p in ('/usr/pwned', '/etc/pwned', '/pwned'):\n    try:\n        open(p, 'w')\n"
+                          "for p in ('/usr/@M@', '/etc/@M@', '/@M@'):\n    try:\n        open(p, 'w')\n"
                           "        LEAK.append(p)\n    except OSError:\n        pass\n" + LEAKED, 1.0),
     "leak_between_runs": ([
         "import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\nlibc.shmget(0x4c43, 4096, 0o1666)\n"
-        "for p in ('/tmp/leak', '/dev/shm/leak', 'leak'):\n    open(p, 'w').write('x')\n" + GOOD,
+        "for p in ('/tmp/@M@_leak', '/dev/shm/@M@_leak', '@M@_leak'):\n    open(p, 'w').write('x')\n" + GOOD,
         "import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\nLEAK = libc.shmget(0x4c43, 0, 0) != -1 or "
-        "any(os.path.exists(p) for p in ('/tmp/leak', '/dev/shm/leak', 'leak'))\n" + LEAKED], 1.0),
+        "any(os.path.exists(p) for p in ('/tmp/@M@_leak', '/dev/shm/@M@_leak', '@M@_leak'))\n" + LEAKED], 1.0),
 }
 IO_NAMES = ["fork_bomb", "memory_bomb", "infinite_loop_top", "huge_output", "sys_exit_0", "network", "daemon_survivor",
             "kill_parent", "setsid_exec_survivor", "exec_fork_bomb", "loopback_tcp", "signal_known_pids",
@@ -156,7 +159,7 @@ class Context:
         values = {"REPO": self.repo, "SELF": str(Path(__file__).resolve()), "SECRET": str(self.root / "secret.txt"),
                   "OPEN_DIR": str(self.root / "open"), "PORT": str(self.listeners[0].getsockname()[1]),
                   "ABSTRACT": self.abstract, "UNIX": str(self.root / "sock"), "PIDS": repr(pids),
-                  "TEST_PID": str(os.getpid()), "SECRET_VALUE": self.secret_value}
+                  "TEST_PID": str(os.getpid()), "SECRET_VALUE": self.secret_value, "M": MARK}
         for key, value in values.items():
             program = program.replace(f"@{key}@", value)
         return program
@@ -178,8 +181,8 @@ class Context:
         hits = [str(p) for p in (self.root / "open").iterdir()]
         if (self.root / "secret.txt").read_text() != "the answer is 42\n":
             hits.append("secret.txt changed")
-        hits += [p for p in (f"{self.repo}/PWNED", "/root/PWNED", "/PWNED", "/usr/PWNED", "/etc/PWNED",
-                             str(self.root / "pwned")) if os.path.exists(p)]
+        hits += [p for p in (f"{self.repo}/{MARK}", f"/root/{MARK}", f"/{MARK}", f"/usr/{MARK}", f"/etc/{MARK}",
+                             str(self.root / MARK)) if os.path.exists(p)]
         return hits
 
     def close(self) -> None:
@@ -207,25 +210,42 @@ def processes() -> dict[int, tuple[int, int, str]]:
     return out
 
 
-def leftovers(baseline: set[int]) -> list[str]:
-    """Processes a program left: as root, any process with a sandbox uid; otherwise any new process of our own
-    uid that is not us, a reward worker (our child) or its sandbox server (a worker's child). A sandbox server
-    with a child of its own also counts (a program that outlived its run)."""
+def code_workers() -> list[int]:
+    """Pids of the code reward's pool workers in this process."""
+    from longcot.rewards.pool import _POOLS
+
+    pool = _POOLS.get("code")
+    return [w.proc.pid for w in pool._workers] if pool is not None else []
+
+
+def sandbox_uids(workers: list[int]) -> set[int] | None:
+    """The uids programs of this process's sandboxes run as: as root, 200000 + the pid of whoever started the
+    sandbox (a worker, or this process for a start-up check), so another user's run of this suite on the same
+    machine is not mistaken for ours; otherwise our own uid (None)."""
+    return {SANDBOX_UID_MIN + p for p in (os.getpid(), *workers)} if os.getuid() == 0 else None
+
+
+def _ours(uid: int, uids: set[int] | None) -> bool:
+    return uid in uids if uids is not None else uid == os.getuid()
+
+
+def leftovers(baseline: set[int], workers: list[int], uids: set[int] | None) -> list[str]:
+    """Processes a program left: any new process with one of our sandbox ``uids`` (or, unprivileged, our own
+    uid) that is not us, a reward worker or its sandbox server; and any child of a sandbox server (a program
+    that outlived its run)."""
     me, procs = os.getpid(), processes()
-    workers = {p for p, (_, ppid, _) in procs.items() if ppid == me}
     servers = {p for p, (_, ppid, _) in procs.items() if ppid in workers}
     bad = []
     for pid, (uid, ppid, cmd) in procs.items():
         if pid in baseline or pid == me or pid in workers or pid in servers:
             continue
-        ours = uid >= SANDBOX_UID_MIN if os.getuid() == 0 else uid == os.getuid()
-        if ours or ppid in servers:
+        if _ours(uid, uids) or ppid in servers:
             bad.append(f"{pid} uid={uid} ppid={ppid} {cmd}")
     return bad
 
 
-def stray_files(baseline: set[str]) -> list[str]:
-    """New entries in the shared temporary directories that a program made (or that say 'pwned')."""
+def stray_files(baseline: set[str], uids: set[int] | None) -> list[str]:
+    """New entries in the shared temporary directories that one of our programs made, or that carry ``MARK``."""
     hits = []
     for d in ("/tmp", "/dev/shm", "/var/tmp"):
         for entry in os.scandir(d):
@@ -233,8 +253,7 @@ def stray_files(baseline: set[str]) -> list[str]:
                 uid = entry.stat(follow_symlinks=False).st_uid
             except OSError:
                 continue
-            ours = uid >= SANDBOX_UID_MIN if os.getuid() == 0 else uid == os.getuid()
-            if "pwned" in entry.name or "leak" == entry.name or (ours and entry.path not in baseline):
+            if MARK in entry.name or (_ours(uid, uids) and entry.path not in baseline):
                 hits.append(entry.path)
     return hits
 
@@ -268,9 +287,8 @@ def honest(name: str, kind: str) -> float:
 
 def attackable_pids() -> list[int]:
     """This process, its reward workers and their sandbox servers: what a program would like to kill."""
-    me, procs = os.getpid(), processes()
-    workers = [p for p, (_, ppid, _) in procs.items() if ppid == me]
-    return [me] + workers + [p for p, (_, ppid, _) in procs.items() if ppid in workers]
+    workers = code_workers()
+    return [os.getpid()] + workers + [p for p, (_, ppid, _) in processes().items() if ppid in workers]
 
 
 def cases() -> list[tuple[str, str]]:

@@ -3,7 +3,9 @@ whoever runs pytest (root here) and again as an unprivileged user (uid 65534: th
 
 Each program gets 0 or its honest score (an attack that works turns the score wrong), and after each one no
 process, file or connection it made remains, the reward workers and their sandbox servers are alive, and the
-same pool still grades a good program. The programs and checks are in ``hostile.py``.
+same pool still grades a good program. The programs and checks are in ``hostile.py``. On a shared machine the
+checks count only this run's processes (root: the uids of this run's sandboxes; uid 65534: the driver's own
+PID namespace), so someone else running the suite at the same time cannot make it fail.
 """
 
 import json
@@ -12,7 +14,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,7 @@ def ctx():
     (warm,) = hostile.code_batch([hostile.sample(hostile.GOOD, hostile.ASSERT_TESTS)])
     assert warm == 1.0
     context.baseline, context.files0 = set(hostile.processes()), hostile.tmp_entries()
+    context.workers = hostile.code_workers()  # their uids stay "ours" even if a worker is replaced
     yield context
     _POOLS.pop("code").close()
     context.close()
@@ -42,10 +44,11 @@ def ctx():
 
 @pytest.mark.parametrize("name,kind", hostile.cases())
 def test_hostile_program(ctx, name, kind):
-    pids = hostile.attackable_pids()
+    pids, workers = hostile.attackable_pids(), hostile.code_workers()
+    uids = hostile.sandbox_uids([*ctx.workers, *workers])
     assert hostile.grade(name, kind, ctx, pids) == hostile.honest(name, kind), name
-    assert hostile.leftovers(ctx.baseline) == []
-    assert hostile.stray_files(ctx.files0) + ctx.files() == []
+    assert hostile.leftovers(ctx.baseline, workers, uids) == []
+    assert hostile.stray_files(ctx.files0, uids) + ctx.files() == []
     assert ctx.connections() == []
     assert all(p in hostile.processes() for p in pids[1:]), "a reward worker or sandbox server was killed"
     (good,) = hostile.code_batch([hostile.sample(hostile.GOOD, hostile.ASSERT_TESTS)], limits=hostile.LIMITS)
@@ -72,43 +75,27 @@ def _copy_code(dest: Path) -> None:
             os.chmod(os.path.join(root, f), 0o644)
 
 
-def _describe(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        state = "gone"
-    return f"{pid} state={state} {hostile.processes().get(pid)}"
-
-
-def _procs_of(uid: int) -> set[int]:
-    return {p for p, (u, _, _) in hostile.processes().items() if u == uid}
-
-
 @pytest.fixture(scope="module")
 def unprivileged():
     """Every hostile program, graded by a uid-65534 process (Debian's python, a copy of src/); its JSON report."""
     if os.getuid() != 0:
         pytest.skip("not root: test_hostile_program above already ran unprivileged")
-    before, files0 = _procs_of(NOBODY), hostile.tmp_entries()
+    files0 = hostile.tmp_entries()
     home = Path(tempfile.mkdtemp(prefix="longcot-unpriv-"))
     try:
         _copy_code(home)
         env = {"PATH": "/usr/bin:/bin", "HOME": str(home), "PYTHONPATH": f"{home}/src:{home}",
                "PYTHONDONTWRITEBYTECODE": "1", "LONGCOT_REWARD_WORKERS": "1", "LANG": "C.UTF-8"}
-        cmd = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--", _system_python(),
-               str(home / "hostile_driver.py"), str(REPO)]
+        # a PID namespace of its own (with its own /proc): the driver sees its processes only, not those of
+        # someone else running this suite on the same machine, and nothing it started can outlive it
+        cmd = ["unshare", "--pid", "--fork", "--mount-proc", "setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}",
+               "--clear-groups", "--", _system_python(), str(home / "hostile_driver.py"), str(REPO)]
         proc = subprocess.run(cmd, cwd=home, env=env, capture_output=True, text=True, timeout=900)
         assert proc.returncode == 0, proc.stderr[-3000:]
         report = json.loads(proc.stdout.strip().splitlines()[-1])
     finally:
         shutil.rmtree(home)
-    for _ in range(300):  # the driver's orphans (multiprocessing's resource tracker) exit and are reaped by init
-        if not _procs_of(NOBODY) - before:
-            break
-        time.sleep(0.1)
-    report["after"] = {"processes": sorted(_describe(p) for p in _procs_of(NOBODY) - before),
-                       "files": [p for p in hostile.tmp_entries() - files0 if os.lstat(p).st_uid == NOBODY]}
+    report["after"] = {"files": [p for p in hostile.tmp_entries() - files0 if hostile.MARK in p]}
     return report
 
 
@@ -116,7 +103,7 @@ def test_unprivileged_jail_has_the_same_isolation(unprivileged):
     assert {"userns", "mount", "net", "pid", "ipc", "pivot_root", "no_userns", "no_caps"} <= set(
         unprivileged["features"])
     assert unprivileged["warm"] == 1.0
-    assert unprivileged["after"] == {"processes": [], "files": []}
+    assert unprivileged["after"] == {"files": []}  # processes: the driver's PID namespace ended with it
 
 
 @pytest.mark.parametrize("name,kind", hostile.cases())

@@ -1,6 +1,6 @@
 """``sandbox: required | allow_unsafe`` and the start-up probe, on a kernel that refuses namespaces.
 
-No mock: each case runs in a real user namespace (``unshare -Ur``, which any user may create here) where
+No mock: each case runs in a real user namespace (``unshare -Urpf``, which any user may create here) where
 ``user.max_user_namespaces`` is 0, so the sandbox's own ``unshare`` fails exactly as on a machine without user
 namespaces; or where only one uid is mapped, as in a container, so the programs' uid cannot be mapped.
 """
@@ -51,7 +51,9 @@ print("JSON" + json.dumps(out))
 
 def run_without_userns(policy: str, disable_userns: bool = True) -> tuple[dict, str]:
     inner = "echo 0 > /proc/sys/user/max_user_namespaces && " if disable_userns else ""
-    cmd = ["unshare", "-Ur", "sh", "-c", inner + 'exec "$0" -c "$1" "$2"', sys.executable, SCRIPT, policy]
+    # its own PID namespace and /proc: the "left" check sees this run's processes, nobody else's
+    cmd = ["unshare", "-Urpf", "--mount-proc", "sh", "-c", inner + 'exec "$0" -c "$1" "$2"', sys.executable, SCRIPT,
+           policy]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
                           env={"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin", "LONGCOT_REWARD_WORKERS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]

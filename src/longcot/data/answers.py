@@ -26,9 +26,11 @@ def require_answers(rows: list[dict], source: str, skip: bool, option: str) -> t
     missing = [i for i, r in enumerate(rows) if not has_answer(r)]
     if missing and not skip:
         i = missing[0]
+        section = option.rpartition(".")[0]  # data or dataset
         raise InputError(f"{source}: row {i} (id {rows[i].get('id', i)!r}) has no gold answer (answer = "
                          f"{rows[i].get('answer')!r}); {len(missing)} of {len(rows)} rows lack one. Fix the data, "
-                         f"map data.columns.answer to the right column, or set {option}=true to skip and count them")
+                         f"map {section}.columns.answer to the right column, or set {option}=true to skip and "
+                         "count them")
     if missing:
         log.warning("%s: skipped %d of %d rows without a gold answer (%s)", source, len(missing), len(rows), option)
     keep = set(missing)

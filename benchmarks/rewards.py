@@ -2,7 +2,7 @@
 
     OMP_NUM_THREADS=1 python benchmarks/rewards.py --workers 2 --samples 200
 
-Code: the 10 HumanEval problems of ../shared/data (canonical solutions, cycled to --samples programs).
+Code: the 10 HumanEval problems of tests/data (canonical solutions, cycled to --samples programs).
   pool  = the `code` reward: warm worker pool, each driving a warm sandbox server (jail, per-run PID ns).
   naive = one `python program.py` subprocess per sample (program = prompt + completion + test + check),
           --workers at a time, no sandbox at all (so the comparison flatters the baseline).
@@ -29,7 +29,7 @@ from longcot.rewards.code import code_batch
 from longcot.rewards.math import math_batch, verify_answer
 from longcot.rewards.pool import get_pool
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "humaneval10.jsonl"
+DATA = Path(__file__).resolve().parents[1] / "tests" / "data" / "humaneval10.jsonl"
 
 
 def traj(text: str, meta: dict) -> Trajectory:

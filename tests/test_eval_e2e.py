@@ -85,3 +85,24 @@ def test_eval_during_training_with_an_engine_in_hand(tiny, tmp_path):
     assert set(logged) >= {"eval/avg@2", "eval/pass@2", "eval/maj@2", "eval/tokens_per_s", "eval/length/mean"}
     assert 0.0 <= logged["eval/avg@2"] <= logged["eval/pass@2"] <= 1.0
     _check_outputs(tmp_path / "eval" / "step_000005", 2, 8)
+
+
+def test_readme_example_with_the_tiny_model(tiny, tmp_path, caplog, capsys):
+    """README's `longcot eval recipes/eval/aime24.yaml --model ... --dataset ...` on a tokenizer without a chat
+    template: the raw template is used, with a warning, and recorded in summary.json."""
+    from pathlib import Path
+
+    from longcot.eval.cli import main
+
+    root = Path(__file__).resolve().parents[1]
+    model, _ = tiny
+    out = tmp_path / "aime"
+    argv = [str(root / "recipes/eval/aime24.yaml"), "--model", str(model), "--dataset",
+            str(root / "tests/data/aime24_5.jsonl"), "--n", "2", "--max-tokens", "8", "--engine", "hf",
+            "--out", str(out)]
+    assert main(argv) == 0
+    assert "tokenizer has no chat template: using template=raw" in caplog.text
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["config"]["template"] == "raw" and summary["config"]["problems"] == 5
+    assert main(argv[:1] + ["--model", str(tmp_path / "no-such-model")] + argv[3:]) == 2
+    assert f"model path does not exist: {tmp_path / 'no-such-model'}" in capsys.readouterr().err

@@ -5,9 +5,7 @@ from math import comb
 
 import pytest
 
-pytest.importorskip("longcot.rewards.math")
-
-from longcot.eval.cli import main  # noqa: E402
+from longcot.eval.cli import main
 
 GOLD = [{"id": "p1", "problem": "x", "answer": "25"}, {"id": "p2", "problem": "y", "answer": "204"},
         {"id": "p3", "problem": "z", "answer": "1"}]
@@ -73,17 +71,77 @@ def test_rescore_hand_made_file_gives_exact_metrics(tmp_path):
     assert (out / "pass_rate_vs_length.png").stat().st_size > 1000
 
 
-def test_rescore_rejects_unknown_and_missing_ids(tmp_path):
+def test_rescore_rejects_unknown_and_missing_ids(tmp_path, capsys):
     data, resp = _write(tmp_path)
     bad = tmp_path / "bad.jsonl"
     bad.write_text(resp.read_text() + json.dumps({"id": "nope", "response": "\\boxed{1}"}) + "\n")
-    with pytest.raises(KeyError, match="nope"):
-        main(["--responses", str(bad), "--dataset", str(data), "--out", str(tmp_path / "o1")])
+    assert main(["--responses", str(bad), "--dataset", str(data), "--out", str(tmp_path / "o1")]) == 2
+    assert "1 response ids are not in the dataset, e.g. ['nope']" in capsys.readouterr().err
     partial = tmp_path / "partial.jsonl"
     partial.write_text("".join(line + "\n" for line in resp.read_text().splitlines() if '"p3"' not in line))
-    with pytest.raises(ValueError, match="p3"):
-        main(["--responses", str(partial), "--dataset", str(data), "--out", str(tmp_path / "o2")])
+    assert main(["--responses", str(partial), "--dataset", str(data), "--out", str(tmp_path / "o2")]) == 2
+    assert "1 dataset problems have no responses, e.g. ['p3']" in capsys.readouterr().err
     assert main(["--responses", str(partial), "--dataset", str(data), "--k", "1,4", "--allow-missing",
                  "--out", str(tmp_path / "o3")]) == 0
     m = json.loads((tmp_path / "o3" / "summary.json").read_text())["metrics"]
     assert m["avg@4"] == pytest.approx(0.5) and m["missing_problems"] == 1
+
+
+def test_rescore_never_overwrites_its_input(tmp_path, capsys):
+    data, resp = _write(tmp_path)
+    samples = tmp_path / "samples.jsonl"  # a longcot eval output, re-scored into its own directory
+    samples.write_text(resp.read_text())
+    assert main(["--responses", str(samples), "--dataset", str(data), "--out", str(tmp_path)]) == 2
+    assert "would overwrite its input" in capsys.readouterr().err
+    assert samples.read_text() == resp.read_text()
+
+
+def test_length_axis_says_characters_when_characters_were_counted(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    labels = []
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_xlabel", lambda self, text, *a, **k: labels.append(text))
+    data, resp = _write(tmp_path)
+    chars = tmp_path / "chars.jsonl"  # no "tokens" field and no --tokenizer: lengths are characters
+    chars.write_text("".join(json.dumps({"id": i, "response": r}) + "\n" for i, r, _, _ in RESPONSES))
+    assert main(["--responses", str(chars), "--dataset", str(data), "--out", str(tmp_path / "c")]) == 0
+    assert main(["--responses", str(resp), "--dataset", str(data), "--out", str(tmp_path / "t")]) == 0
+    assert labels == ["mean response length (chars)", "mean response length (tokens)"]
+    assert "mean length (chars)" in (tmp_path / "c" / "report.md").read_text()
+    assert json.loads((tmp_path / "c" / "summary.json").read_text())["config"]["length_unit"] == "chars"
+
+
+def test_a_problem_without_gold_answer_is_an_error_or_a_counted_skip(tmp_path, capsys):
+    from longcot.eval.config import DatasetConfig
+    from longcot.eval.dataset import load_problems_counted
+
+    data = tmp_path / "gold.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in [*GOLD, {"id": "p4", "problem": "w"}]))
+    (tmp_path / "x").mkdir()
+    _, resp = _write(tmp_path / "x")
+    assert main(["--responses", str(resp), "--dataset", str(data), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "row 3 (id 'p4') has no gold answer (answer = None)" in err and "dataset.skip_missing_answers" in err
+    rows, skipped = load_problems_counted(DatasetConfig(source=str(data), skip_missing_answers=True))
+    assert [r["id"] for r in rows] == ["p1", "p2", "p3"] and skipped == 1
+
+
+def picky(sample) -> float:
+    """A grader that cannot grade some responses (for the per-row error marks)."""
+    if "boom" in sample.response_text:
+        raise ValueError("cannot parse boom")
+    return float(sample.response_text.strip() == sample.meta["answer"])
+
+
+def test_a_grading_failure_is_marked_in_its_row(tmp_path):
+    data, _ = _write(tmp_path)
+    resp = tmp_path / "r.jsonl"
+    resp.write_text("".join(json.dumps({"id": i, "response": r}) + "\n"
+                            for i, r in [("p1", "25"), ("p2", "boom"), ("p3", "1")]))
+    out = tmp_path / "o"
+    assert main(["--responses", str(resp), "--dataset", str(data), "--k", "1", "--grader",
+                 "tests.test_eval_rescore:picky", "--out", str(out)]) == 0
+    rows = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
+    assert [r.get("reward_error") for r in rows] == [None, "ValueError: cannot parse boom", None]
+    assert [r["correct"] for r in rows] == [True, False, True]
+    assert json.loads((out / "summary.json").read_text())["metrics"]["grade_errors"] == 1

@@ -50,9 +50,48 @@ def make_trainer(policy_dir: Path, tmp_path: Path, *overrides: str) -> tuple[RLT
 def assert_sums(row: dict) -> None:
     parts = {k: v for k, v in row.items() if k.startswith("time/")}
     assert all(v >= 0 for v in parts.values()), parts
+    # an accounting identity (other = total - the phases), not a speed threshold: it holds on a busy host too
     assert abs(sum(parts.values()) - row["step_seconds"]) <= 0.05 * row["step_seconds"], parts
-    # "other" is what no phase claimed: small, or the breakdown is hiding something
-    assert parts["time/other"] <= 0.25 * row["step_seconds"], parts
+
+
+def test_every_heavy_call_runs_inside_a_timed_phase(policy_dir, tmp_path, monkeypatch):
+    """What "other" must not hide, checked by call sites instead of a ratio of wall-clock times (which a busy
+    host can break): generation, scoring, forward passes, optimizer steps and the weight sync all run while a
+    phase of the step timer is open."""
+    from contextlib import contextmanager
+
+    import longcot.rl.learner as learner_module
+    import longcot.rl.trainer as trainer_module
+
+    trainer, _, _, _ = make_trainer(policy_dir, tmp_path, "rl.updates_per_step=2")
+    open_phases: list[str] = []
+    calls: list[tuple[str, str | None]] = []
+    real_phase = trainer_module.StepTimer.phase
+
+    @contextmanager
+    def phase(self, name):
+        open_phases.append(name)
+        try:
+            with real_phase(self, name):
+                yield
+        finally:
+            open_phases.pop()
+
+    def spy(what, fn):
+        def wrapped(*args, **kwargs):
+            calls.append((what, open_phases[-1] if open_phases else None))
+            return fn(*args, **kwargs)
+        return wrapped
+
+    monkeypatch.setattr(trainer_module.StepTimer, "phase", phase)
+    monkeypatch.setattr(trainer_module, "compute_rewards", spy("rewards", trainer_module.compute_rewards))
+    monkeypatch.setattr(learner_module, "response_logprobs", spy("forward", learner_module.response_logprobs))
+    trainer.engine.generate = spy("generate", trainer.engine.generate)
+    trainer.engine.sync_weights = spy("sync", trainer.engine.sync_weights)
+    trainer.learner.optimizer.step = spy("optimizer", trainer.learner.optimizer.step)
+    trainer.step(0)
+    assert {what for what, _ in calls} == {"rewards", "forward", "generate", "sync", "optimizer"}
+    assert [c for c in calls if c[1] is None] == []
 
 
 @pytest.mark.parametrize("updates", [1, 2])

@@ -3,4 +3,16 @@
 from longcot.record import AgentInfo, Segment, Trajectory
 
 __all__ = ["AgentInfo", "Segment", "Trajectory"]
-__version__ = "0.1.0"
+
+
+def _version() -> str:
+    """The installed distribution's version (pyproject.toml is the one place it is written)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("longcot")
+    except PackageNotFoundError:
+        return "unknown (not installed: pip install -e .)"
+
+
+__version__ = _version()

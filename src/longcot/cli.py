@@ -10,7 +10,7 @@ import argparse
 import logging
 import sys
 
-USAGE = """longcot <command> [args]
+USAGE = """longcot <command> [args]        (longcot --version; python -m longcot works too)
 
 commands:
   train RECIPE [key=value ...]   run a training recipe (build -> SFT -> RL -> eval) into runs/<name>/
@@ -25,16 +25,25 @@ def train_main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="longcot train", description="Run a training recipe.")
     ap.add_argument("recipe", help="path to a recipe YAML (recipes/tiny/arith-moe.yaml)")
     ap.add_argument("overrides", nargs="*", help="key=value overrides, e.g. rl.steps=10 seed=1")
-    ap.add_argument("--dry-run", action="store_true", help="validate and print the resolved recipe, then exit")
+    ap.add_argument("--dry-run", action="store_true",
+                    help="check everything the recipe names (rewards, losses, data, files, this machine's sandbox) "
+                         "and print the resolved recipe, then exit")
+    ap.add_argument("--reward-module", action="append", default=[], metavar="MODULE",
+                    help="import a module of @reward functions first (adds to the recipe's reward_modules)")
     ap.add_argument("--resume", action="store_true",
                     help="continue runs/<name>/ from its latest training state (docs/recipes.md 'Resuming a run')")
     ap.add_argument("--overwrite", action="store_true", help="delete an existing runs/<name>/ and start afresh")
     ns = ap.parse_args(argv)
     from longcot.config import ConfigError, load_recipe, to_dict
+    from longcot.config.validate import validate_recipe
+    from longcot.errors import InputError
+    from longcot.rewards.errors import RewardError, RewardSetupError
 
     try:
         recipe = load_recipe(ns.recipe, ns.overrides)
-    except (ConfigError, KeyError) as e:
+        recipe.reward_modules = [*recipe.reward_modules, *ns.reward_module]
+        validate_recipe(recipe)
+    except InputError as e:
         print(f"longcot train: {e}", file=sys.stderr)
         return 2
     if ns.dry_run:
@@ -51,8 +60,12 @@ def train_main(argv: list[str]) -> int:
     except (ConfigError, StateError) as e:
         print(f"longcot train: {e}", file=sys.stderr)
         return 2
+    except (InputError, RewardError, RewardSetupError) as e:  # bad data rows, a broken reward: no traceback
+        print(f"longcot train: {e}", file=sys.stderr)
+        return 1
     except Preempted as e:
-        again = " ".join(["longcot train", ns.recipe, *ns.overrides, "--resume"])
+        modules = [f"--reward-module {m}" for m in ns.reward_module]
+        again = " ".join(["longcot train", ns.recipe, *ns.overrides, *modules, "--resume"])
         print(f"longcot train: {e}\ncontinue with: {again}", file=sys.stderr)
         return e.exit_code
     ev = summary.get("eval", {})
@@ -97,6 +110,11 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         return 0 if argv else 2
+    if argv[0] in ("-V", "--version"):
+        from longcot import __version__
+
+        print(f"longcot {__version__}")
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     return _dispatch(argv[0], argv[1:])

@@ -84,8 +84,10 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict
     """Run a recipe end to end; returns the summary (also written to ``summary.json``). ``resume`` continues
     ``runs/<name>/`` from its latest training state (finished stages are not redone); ``overwrite`` deletes an
     existing run of that name first."""
+    from longcot.config.validate import validate_recipe
     from longcot.rl.trainer import RLTrainer
 
+    validate_recipe(recipe)  # every name, option, file and this machine's sandbox: before any work
     if recipe.threads:
         torch.set_num_threads(recipe.threads)
     seed_everything(recipe.seed)
@@ -95,7 +97,8 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict
     tokenizer = load_tokenizer(policy_path)
     task = build_task(recipe.data)
     run.update_summary(run={"name": recipe.name, "seed": recipe.seed, "policy": policy_path,
-                            "train_problems": len(task.train), "heldout_problems": len(task.heldout)})
+                            "train_problems": len(task.train), "heldout_problems": len(task.heldout),
+                            "skipped_no_answer": task.skipped_no_answer})
     if recipe.sft.enabled and "sft" in run.summary:
         policy_path = str(run.checkpoint("sft"))
         log.info("SFT already finished in this run: continuing from %s", policy_path)

@@ -50,6 +50,7 @@ class Trajectory:
     # 1 where the token receives gradient, 0 for observation/tool tokens; empty means "all 1".
     loss_mask: list[int] = field(default_factory=list)
     rewards: dict[str, float] = field(default_factory=dict)
+    reward_errors: dict[str, str] = field(default_factory=dict)  # reward name -> "Type: message" of a failure
     reward: float = 0.0
     advantage: float | list[float] = 0.0
     meta: dict[str, Any] = field(default_factory=dict)

@@ -1,15 +1,21 @@
 """Name -> function registries: the extension points (rewards, advantage estimators, losses, samplers).
 
-A registered object is looked up by its name from a recipe. A name of the form ``module.path:attr``
-imports a user's object without registering it. Unknown names fail with the closest valid name.
+A registered object is looked up by its name from a recipe. A name of the form ``module.path:attr`` (or
+``path/to/file.py:attr``) imports a user's object without registering it; modules are found on ``sys.path``
+or in the current directory, as ``python -m`` would find them, whatever started the process. Unknown names
+fail with the closest valid name.
 """
 
 from __future__ import annotations
 
 import difflib
 import importlib
+import importlib.util
 import inspect
+import os
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -33,16 +39,55 @@ def check_options(fn: Callable, options: dict, where: str) -> None:
     names = [n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY or p.default is not p.empty]
     for key in options:
         if key not in names:
-            raise KeyError(f"{where}: unknown option '{key}'{did_you_mean(key, names)}; valid: {', '.join(names)}")
+            valid = f"valid: {', '.join(names)}" if names else "it takes no options"
+            raise KeyError(f"{where}: unknown option '{key}'{did_you_mean(key, names)}; {valid}")
+
+
+def _load_file(path: Path):
+    """A ``.py`` file as the module named after it (once: a second load returns the first)."""
+    name = path.stem
+    loaded = sys.modules.get(name)
+    if loaded is not None and getattr(loaded, "__file__", None) and Path(loaded.__file__).resolve() == path.resolve():
+        return loaded
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
+
+
+def import_module_or_file(name: str):
+    """Import a module by dotted name, or a ``.py`` file by path (relative to the current directory).
+
+    Why the current directory: the ``longcot`` console script does not put it on ``sys.path`` (``python -m``
+    does), so ``--rewards myfile:fn`` would find ``myfile.py`` under one and not the other."""
+    if name.endswith(".py") or "/" in name or os.sep in name:
+        path = Path(name).expanduser()
+        if not path.is_file():
+            raise ImportError(f"no such file: {name} (cwd {os.getcwd()})")
+        return _load_file(path)
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        top = name.split(".")[0]
+        here = Path.cwd()
+        if e.name != top or not ((here / f"{top}.py").is_file() or (here / top / "__init__.py").is_file()):
+            raise ImportError(f"cannot import module '{name}': {e} (looked on sys.path and in {here})") from e
+    sys.path.append(str(here))
+    return importlib.import_module(name)
 
 
 def import_object(spec: str):
-    """Import ``package.module:attr`` (attr may be dotted)."""
+    """Import ``package.module:attr`` or ``path/to/file.py:attr`` (attr may be dotted)."""
     module_name, _, attr = spec.partition(":")
     try:
-        obj = importlib.import_module(module_name)
+        obj = import_module_or_file(module_name)
     except ImportError as e:
-        raise KeyError(f"cannot import module '{module_name}' for '{spec}': {e}") from e
+        raise KeyError(f"cannot import '{module_name}' for '{spec}': {e}") from e
     for part in attr.split("."):
         if not hasattr(obj, part):
             raise KeyError(f"module '{module_name}' has no attribute '{attr}' (from '{spec}')")
@@ -62,8 +107,11 @@ class Registry(Generic[T]):
 
         def deco(obj: T) -> T:
             key = name or obj.__name__
-            if key in self._items and self._items[key] is not obj:
-                raise KeyError(f"{self.kind} '{key}' is already registered")
+            old = self._items.get(key)
+            same = old is not None and (getattr(old, "__module__", None), getattr(old, "__qualname__", None)) == (
+                getattr(obj, "__module__", None), getattr(obj, "__qualname__", None))
+            if old is not None and old is not obj and not same:  # same: the module was imported again
+                raise KeyError(f"{self.kind} '{key}' is already registered (by {old.__module__}.{old.__qualname__})")
             for k, v in attrs.items():
                 setattr(obj, k, v)
             self._items[key] = obj
@@ -81,6 +129,10 @@ class Registry(Generic[T]):
 
     def names(self) -> list[str]:
         return sorted(self._items)
+
+    def name_of(self, obj) -> str | None:
+        """The name ``obj`` is registered under, if any (a ``module:function`` may name a registered one)."""
+        return next((k for k, v in self._items.items() if v is obj), None)
 
     def __contains__(self, name: str) -> bool:
         return name in self._items

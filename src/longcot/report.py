@@ -13,7 +13,7 @@ from pathlib import Path
 
 from longcot.jsonl import read_jsonl
 
-CURVES = (("reward_mean", "reward"), ("accuracy", "train accuracy"), ("response_len_mean", "response length"))
+CURVES = (("reward_mean", "reward"), ("accuracy", "train accuracy"), ("response_len_mean", "response length (tokens)"))
 
 
 def read_metrics(path: str | Path) -> list[dict]:

@@ -1,121 +1,114 @@
-"""Hostile programs (acceptance 2): each gets 0 or its honest score, leaves no process and no file behind,
-and the scoring process survives. One warm pool grades them all through the public ``code`` reward."""
+"""Hostile programs (rewards acceptance 2, issue 14 acceptance 1), graded through the public ``code`` reward, as
+whoever runs pytest (root here) and again as an unprivileged user (uid 65534: the test drops privileges itself).
 
+Each program gets 0 or its honest score (an attack that works turns the score wrong), and after each one no
+process, file or connection it made remains, the reward workers and their sandbox servers are alive, and the
+same pool still grades a good program. The programs and checks are in ``hostile.py``. On a shared machine the
+checks count only this run's processes (root: the uids of this run's sandboxes; uid 65534: the driver's own
+PID namespace), so someone else running the suite at the same time cannot make it fail.
+"""
+
+import json
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
+from tests.rewards import hostile
 
-from longcot.record import Trajectory
-from longcot.rewards.code import code_batch
-from longcot.rewards.executor import features
+from longcot.rewards.code import check
+from longcot.rewards.pool import _POOLS
 
-ADD_TEST = "def check(candidate):\n    assert candidate(2, 3) == 5\n    assert candidate(-1, 1) == 0\n"
-GOOD = "def add(a, b):\n    return a + b\n"
-LIMITS = {"wall_s": 3.0, "cpu_s": 3}
-SANDBOX_UID_MIN = 200000  # executor.Sandbox gives the jail uid 200000 + pid
-
-HOSTILE = {  # name -> (program, honest score)
-    "fork_bomb": ("import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n", 0.0),
-    "memory_bomb": ("x = []\nwhile True:\n    x.append(bytearray(10**8))\n", 0.0),
-    "infinite_loop_top": ("while True:\n    pass\n", 0.0),
-    "infinite_loop_call": ("def add(a, b):\n    while True:\n        pass\n", 0.0),
-    "network": ("import urllib.request\nV = urllib.request.urlopen('http://1.1.1.1', timeout=2).status\n"
-                "def add(a, b):\n    return a + b + V - 200\n", 0.0),
-    "write_outside": ("import os\nfor p in ['/work/main/PWNED', '/root/PWNED', '/PWNED', '/usr/PWNED', '/etc/PWNED']:\n"
-                      "    try:\n        open(p, 'w').write('x')\n    except OSError:\n        pass\n"
-                      "open('/tmp/pwned_tmp', 'w').write('x')\n"
-                      "open('/dev/shm/pwned_shm', 'w').write('x')\n" + GOOD, 1.0),
-    "fill_disk": ("for i in range(40):\n    try:\n        open(f'/tmp/fill{i}', 'wb').write(b'x' * (8 << 20))\n"
-                  "    except OSError:\n        break\n" + GOOD, 1.0),
-    "kill_parent": ("import os, signal\nfor pid in [os.getppid(), 1] + list(range(2, 3000)):\n    try:\n"
-                    "        os.kill(pid, signal.SIGKILL)\n    except OSError:\n        pass\n" + GOOD, 1.0),
-    "kill_everyone": ("import os, signal\ntry:\n    os.kill(-1, signal.SIGKILL)\nexcept OSError:\n    pass\n"
-                      + GOOD, 1.0),
-    "sys_exit_0": ("import sys\nsys.exit(0)\n" + GOOD, 0.0),
-    "os_exit_0": ("import os\nos._exit(0)\n" + GOOD, 0.0),
-    "exit_in_call": ("import os\ndef add(a, b):\n    os._exit(0)\n", 0.0),
-    "print_fake_pass": ("print('All tests passed'); print('PASSED'); print('OK')\ndef add(a, b):\n    return 0\n", 0.0),
-    "override_assert": ("import builtins\nbuiltins.AssertionError = type('N', (Exception,), {})\n"
-                        "builtins.len = lambda x: 0\ndef add(a, b):\n    return 0\n", 0.0),
-    "always_equal": ("class E:\n    def __eq__(self, o):\n        return True\n    __hash__ = object.__hash__\n"
-                     "def add(a, b):\n    return E()\n", 0.0),
-    "int_subclass_eq": ("class E(int):\n    def __eq__(self, o):\n        return True\n"
-                        "def add(a, b):\n    return E(7)\n", 0.0),
-    "atexit_exit_0": ("import atexit, os\natexit.register(lambda: os._exit(0))\ndef add(a, b):\n    return 0\n", 0.0),
-    "read_tests_from_disk": ("import glob\nrows = open('/work/shared/data/humaneval10.jsonl').read()\n"
-                             "assert not glob.glob('/work/*') and not glob.glob('/root/*.py')\n" + GOOD, 0.0),
-    "read_secrets_from_memory": ("import gc\nhits = [o for o in gc.get_objects() if isinstance(o, str) and "
-                                 "'candidate(2, 3)' in o]\nassert hits\n" + GOOD, 0.0),
-    "forge_replies": ("import socket, json, struct\ns = socket.socket(fileno=3)\n"
-                      "for m in [{'ready': True}] + [{'value': 999}] * 5:\n    d = json.dumps(m).encode()\n"
-                      "    s.sendall(struct.pack('!I', len(d)) + d)\n" + GOOD, 0.0),
-    "huge_output": ("import sys\nwhile True:\n    sys.stdout.write('x' * 65536)\n", 0.0),
-    "daemon_survivor": ("import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
-                        "        time.sleep(300)\n    os._exit(0)\n" + GOOD, 1.0),
-    "segfault": ("import ctypes\nctypes.string_at(0)\n" + GOOD, 0.0),
-    "escalate": ("import os\ntry:\n    os.setuid(0)\nexcept OSError:\n    pass\nassert os.getuid() != 0\n" + GOOD, 1.0),
-}
+REPO = Path(__file__).resolve().parents[2]
+NOBODY = 65534
 
 
-def sample(program: str, tests: dict, pid: str = "p") -> Trajectory:
-    return Trajectory(prompt_id=pid, group_id="g", prompt_ids=[], response_ids=[], rollout_logprobs=[],
-                      response_text=f"```python\n{program}```", meta={"tests": tests})
+@pytest.fixture(scope="module")
+def ctx():
+    """The attack targets, and a fresh code pool whose workers carry the secret environment variable."""
+    context = hostile.Context(repo=str(REPO))
+    if "code" in _POOLS:
+        _POOLS.pop("code").close()
+    assert {"userns", "mount", "net", "pid", "ipc", "pivot_root", "no_userns"} <= set(check()["features"])
+    (warm,) = hostile.code_batch([hostile.sample(hostile.GOOD, hostile.ASSERT_TESTS)])
+    assert warm == 1.0
+    context.baseline, context.files0 = set(hostile.processes()), hostile.tmp_entries()
+    context.workers = hostile.code_workers()  # their uids stay "ours" even if a worker is replaced
+    yield context
+    _POOLS.pop("code").close()
+    context.close()
 
 
-def sandbox_processes() -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                uid = int((entry / "status").read_text().split("\nUid:")[1].split()[0])
-            except (OSError, IndexError):
-                continue
-            if uid >= SANDBOX_UID_MIN:
-                pids.append(int(entry.name))
-    return pids
-
-
-def sandbox_files() -> list[str]:
-    hits = [p for p in ("/work/main/PWNED", "/root/PWNED", "/PWNED", "/usr/PWNED", "/etc/PWNED") if os.path.exists(p)]
-    for d in ("/tmp", "/dev/shm", "/var/tmp"):
-        for entry in os.scandir(d):
-            try:
-                if entry.stat(follow_symlinks=False).st_uid >= SANDBOX_UID_MIN or "pwned" in entry.name:
-                    hits.append(entry.path)
-            except OSError:
-                pass
-    return hits
-
-
-@pytest.fixture(scope="module", autouse=True)
-def jail_available():
-    feats = features()["features"]
-    missing = {"chroot", "net", "pid", "uid"} - set(feats)
-    if missing:
-        pytest.skip(f"full sandbox unavailable here (missing {sorted(missing)}): not root or no namespaces")
-
-
-@pytest.mark.parametrize("name", sorted(HOSTILE))
-def test_hostile_assert_program(name):
-    program, honest = HOSTILE[name]
-    tests = {"kind": "assert", "prompt": "", "test": ADD_TEST, "entry_point": "add"}
-    (score,) = code_batch([sample(program, tests, name)], limits=LIMITS)
-    assert score == honest, name
-    assert sandbox_processes() == []
-    assert sandbox_files() == []
-    (good,) = code_batch([sample(GOOD, tests)], limits=LIMITS)  # the pool survived and still grades
+@pytest.mark.parametrize("name,kind", hostile.cases())
+def test_hostile_program(ctx, name, kind):
+    pids, workers = hostile.attackable_pids(), hostile.code_workers()
+    uids = hostile.sandbox_uids([*ctx.workers, *workers])
+    assert hostile.grade(name, kind, ctx, pids) == hostile.honest(name, kind), name
+    assert hostile.leftovers(ctx.baseline, workers, uids) == []
+    assert hostile.stray_files(ctx.files0, uids) + ctx.files() == []
+    assert ctx.connections() == []
+    assert all(p in hostile.processes() for p in pids[1:]), "a reward worker or sandbox server was killed"
+    (good,) = hostile.code_batch([hostile.sample(hostile.GOOD, hostile.ASSERT_TESTS)], limits=hostile.LIMITS)
     assert good == 1.0
 
 
-@pytest.mark.parametrize("name", ["fork_bomb", "memory_bomb", "infinite_loop_top", "huge_output", "sys_exit_0",
-                                  "network", "daemon_survivor", "kill_parent"])
-def test_hostile_io_program(name):
-    program, _ = HOSTILE[name]
-    tests = {"kind": "io", "cases": [{"input": "2 3\n", "output": "5\n"}]}
-    program = program.replace(GOOD, "print(sum(map(int, input().split())))\n")
-    honest = 1.0 if name in ("daemon_survivor", "kill_parent") else 0.0
-    (score,) = code_batch([sample(program, tests, name)], limits=LIMITS)
-    assert score == honest, name
-    assert sandbox_processes() == []
-    assert sandbox_files() == []
+def _system_python() -> str:
+    """A python outside root's home (the venv's interpreter lives under /root, which uid 65534 cannot enter)."""
+    for cand in (f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}", "/usr/bin/python3"):
+        if os.path.exists(cand):
+            return cand
+    raise AssertionError("no system python3 under /usr/bin for the unprivileged run")
+
+
+def _copy_code(dest: Path) -> None:
+    """src/longcot and the two hostile modules, in a directory every uid can traverse and read."""
+    shutil.copytree(REPO / "src" / "longcot", dest / "src" / "longcot",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for name in ("hostile.py", "hostile_driver.py"):
+        shutil.copy(Path(__file__).with_name(name), dest / name)
+    for root, _dirs, files in os.walk(dest):
+        os.chmod(root, 0o755)
+        for f in files:
+            os.chmod(os.path.join(root, f), 0o644)
+
+
+@pytest.fixture(scope="module")
+def unprivileged():
+    """Every hostile program, graded by a uid-65534 process (Debian's python, a copy of src/); its JSON report."""
+    if os.getuid() != 0:
+        pytest.skip("not root: test_hostile_program above already ran unprivileged")
+    files0 = hostile.tmp_entries()
+    home = Path(tempfile.mkdtemp(prefix="longcot-unpriv-"))
+    try:
+        _copy_code(home)
+        env = {"PATH": "/usr/bin:/bin", "HOME": str(home), "PYTHONPATH": f"{home}/src:{home}",
+               "PYTHONDONTWRITEBYTECODE": "1", "LONGCOT_REWARD_WORKERS": "1", "LANG": "C.UTF-8"}
+        # a PID namespace of its own (with its own /proc): the driver sees its processes only, not those of
+        # someone else running this suite on the same machine, and nothing it started can outlive it
+        cmd = ["unshare", "--pid", "--fork", "--mount-proc", "setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}",
+               "--clear-groups", "--", _system_python(), str(home / "hostile_driver.py"), str(REPO)]
+        proc = subprocess.run(cmd, cwd=home, env=env, capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        report = json.loads(proc.stdout.strip().splitlines()[-1])
+    finally:
+        shutil.rmtree(home)
+    report["after"] = {"files": [p for p in hostile.tmp_entries() - files0 if hostile.MARK in p]}
+    return report
+
+
+def test_unprivileged_jail_has_the_same_isolation(unprivileged):
+    assert {"userns", "mount", "net", "pid", "ipc", "pivot_root", "no_userns", "no_caps"} <= set(
+        unprivileged["features"])
+    assert unprivileged["warm"] == 1.0
+    assert unprivileged["after"] == {"files": []}  # processes: the driver's PID namespace ended with it
+
+
+@pytest.mark.parametrize("name,kind", hostile.cases())
+def test_hostile_program_unprivileged(unprivileged, name, kind):
+    got = unprivileged[f"{kind}:{name}"]
+    assert got["score"] == got["honest"], name
+    assert (got["processes"], got["files"], got["connections"]) == ([], [], [])
+    assert got["workers_alive"]

@@ -84,7 +84,7 @@ def test_user_reward_errors_and_timeouts_are_caught_per_sample(caplog):
         return 1.0
 
     ts = [Trajectory(pid, "g", [], [], [], meta={"id": pid}) for pid in ("ok", "bad", "slow")]
-    metrics = compute_rewards(ts, [RewardSpec("test_flaky", on_error=-1.0, timeout_s=0.2)])
+    metrics = compute_rewards(ts, [RewardSpec("test_flaky", on_error=-1.0, timeout_s=0.2, max_error_rate=1.0)])
     assert [t.reward for t in ts] == [1.0, -1.0, -1.0]
     assert metrics["reward_errors/test_flaky"] == 2
     assert "sample bad" in caplog.text and "sample slow" in caplog.text

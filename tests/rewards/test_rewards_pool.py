@@ -1,6 +1,5 @@
-"""The worker pool's hard limit: a job stuck where no signal reaches it is killed; the pool keeps going."""
-
-import time
+"""The worker pool's hard limit: a job stuck where no signal reaches it is killed; the pool keeps going.
+No wall-clock thresholds: what shows a kill is the job's status and the pool's counter, not a duration."""
 
 from longcot.rewards.pool import WorkerPool
 
@@ -9,9 +8,7 @@ def test_hung_job_is_killed_and_worker_replaced():
     pool = WorkerPool(1)
     try:
         assert pool.map("operator:add", [(1, 2)], timeout=30) == [("ok", 3)]  # includes worker start-up
-        t0 = time.monotonic()
-        out = pool.map("time:sleep", [(60,), (0,)], timeout=0.5)
-        assert time.monotonic() - t0 < 20
+        out = pool.map("time:sleep", [(60,), (0,)], timeout=0.5)  # waited out, it would come back ("ok", None)
         assert out[0] == ("timeout", 0.5) and out[1] == ("ok", None)
         assert pool.killed == 1
         assert pool.map("operator:truediv", [(1, 0)], timeout=30)[0][0] == "error"
@@ -24,9 +21,9 @@ def test_hung_job_is_killed_and_worker_replaced():
 def test_start_spawns_workers_without_waiting_and_map_reuses_them():
     pool = WorkerPool(2, preload=("math_verify",))
     try:
-        t0 = time.monotonic()
         assert pool.start() is pool
-        assert time.monotonic() - t0 < 2.0  # spawned, not waited for (importing math_verify takes ~1 s)
+        # spawned, not waited for: nobody has read the workers' "ready" yet (importing math_verify takes ~1 s)
+        assert not any(w.ready for w in pool._workers)
         started = [w.proc.pid for w in pool._workers]
         assert len(started) == 2 and all(w.proc.is_alive() for w in pool._workers)
         assert pool.map("operator:add", [(1, 2), (3, 4)], timeout=60) == [("ok", 3), ("ok", 7)]

@@ -14,12 +14,13 @@ from typing import Any, TypeVar
 
 import yaml
 
+from longcot.errors import InputError
 from longcot.registry import did_you_mean
 
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A recipe or override that does not fit the schema."""
 
 
@@ -52,12 +53,19 @@ class Source:
             self.where[key] = f"{path}:{line}"
 
     def of(self, key: str) -> str:
+        """The most specific known origin of ``key`` (``rl.loss.options`` falls back to ``rl.loss``, then
+        ``rl``; ``rewards[1].name`` to ``rewards[1]``, then ``rewards``)."""
         probe = key
         while probe:
             if probe in self.where:
                 return self.where[probe]
-            probe = probe.rpartition(".")[0]
+            probe = probe[: probe.rindex("[")] if probe.endswith("]") else probe.rpartition(".")[0]
         return "<defaults>"
+
+    def replaced(self, key: str) -> None:
+        """``key`` was set as a whole (an override): what the files said about its parts no longer applies."""
+        for k in [k for k in self.where if k.startswith((key + ".", key + "["))]:
+            del self.where[k]
 
 
 def deep_merge(base: dict, top: dict, _nested: bool = False) -> dict:
@@ -111,11 +119,22 @@ def apply_override(data: dict, item: str, source: Source) -> None:
         if not isinstance(node, dict):
             raise ConfigError(f"override '{item}': '{part}' is not a section")
     node[parts[-1]] = value
+    source.replaced(key)
     source.where[key] = f"override '{item}'"
 
 
 def _type_name(tp: Any) -> str:
+    """``float``, ``one of ['zero', 'raise']``, ``float or one of [...]``: what a user may write."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp) if a is not type(None))
+    if origin is typing.Literal:
+        return f"one of {list(typing.get_args(tp))}"
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _literal_choices(tp: Any) -> list[str]:
+    return [str(c) for a in typing.get_args(tp) if typing.get_origin(a) is typing.Literal for c in typing.get_args(a)]
 
 
 def _coerce(value: Any, tp: Any, key: str, source: Source) -> Any:
@@ -131,8 +150,9 @@ def _coerce(value: Any, tp: Any, key: str, source: Source) -> Any:
                 return _coerce(value, arg, key, source)
             except ConfigError as e:
                 errors.append(str(e))
+        hint = did_you_mean(value, _literal_choices(tp)) if isinstance(value, str) else ""
         raise ConfigError(errors[0] if len(errors) == 1 else f"{source.of(key)}: '{key}': expected {_type_name(tp)}, "
-                          f"got {value!r}")
+                          f"got {value!r}{hint}")
     if origin is typing.Literal:
         choices = typing.get_args(tp)
         if value not in choices:
@@ -197,9 +217,14 @@ def to_dict(obj: Any) -> Any:
 
 
 def load(cls: type[T], path: str | Path | None, overrides: list[str] | tuple = ()) -> T:
-    """Read ``path`` (with ``base:`` inheritance), apply overrides, validate into ``cls``."""
+    """Read ``path`` (with ``base:`` inheritance), apply overrides, validate into ``cls``.
+
+    The result remembers where each key came from (``obj._source``), so the checks of
+    :mod:`longcot.config.validate` can name the file and line too."""
     source = Source()
     data = read_yaml(path, source) if path else {}
     for item in overrides:
         apply_override(data, item, source)
-    return build(cls, data, source)
+    obj = build(cls, data, source)
+    obj._source = source
+    return obj

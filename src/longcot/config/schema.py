@@ -41,6 +41,7 @@ class DataConfig:
     sampler: str = "uniform"
     sampler_options: dict[str, Any] = field(default_factory=dict)
     task_options: dict[str, Any] = field(default_factory=dict)  # extra options of a task (compound: parts, ...)
+    skip_missing_answers: bool = False  # task=dataset: drop (and count) rows without a gold answer; default: error
 
 
 @dataclass
@@ -199,6 +200,9 @@ class Recipe:
     seed: int = 0
     out_dir: str = "runs"
     threads: int = 0  # torch threads; 0 = all cores
+    # modules of @reward-registered functions to import first: dotted names (found on sys.path or in the
+    # current directory) or .py paths (relative to the current directory), e.g. [myrewards, lib/extra.py]
+    reward_modules: list[str] = field(default_factory=list)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)

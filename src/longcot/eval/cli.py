@@ -51,10 +51,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--responses", help="re-score mode: a jsonl of {id, response} rows; no model is loaded")
     p.add_argument("--tokenizer", help="re-score mode: count response tokens with this tokenizer")
     p.add_argument("--allow-missing", action="store_true", help="re-score mode: allow problems with no responses")
+    p.add_argument("--reward-module", action="append", default=[], metavar="MODULE",
+                   help="import a module of @reward functions first (a custom --grader); a name or a .py path")
     return p.parse_args(argv)
 
 
 def config_from_args(ns: argparse.Namespace) -> EvalConfig:
+    from longcot.config import ConfigError
+
     recipe = None
     overrides = []
     for a in ns.args:
@@ -63,14 +67,16 @@ def config_from_args(ns: argparse.Namespace) -> EvalConfig:
         elif recipe is None:
             recipe = a
         else:
-            raise SystemExit(f"longcot eval: two recipes given ('{recipe}', '{a}'); overrides are key=value")
+            raise ConfigError(f"two recipes given ('{recipe}', '{a}'); overrides are key=value")
     for flag, key in FLAG_KEYS.items():
         value = getattr(ns, flag)
         if value is not None:
             overrides.append(f"{key}={json.dumps(value) if isinstance(value, str) else value}")
     if ns.k is not None:
         overrides.append(f"k=[{ns.k}]")
-    return load_eval_config(recipe, overrides)
+    cfg = load_eval_config(recipe, overrides)
+    cfg.reward_modules = [*cfg.reward_modules, *ns.reward_module]
+    return cfg
 
 
 def run_rescore(cfg: EvalConfig, ns: argparse.Namespace) -> dict:
@@ -93,13 +99,21 @@ def run_rescore(cfg: EvalConfig, ns: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     ns = parse_args(sys.argv[1:] if argv is None else argv)
-    cfg = config_from_args(ns)
-    if ns.responses:
-        summary = run_rescore(cfg, ns)
-    else:
-        from longcot.eval.run import run_eval
+    from longcot.config.validate import validate_eval
+    from longcot.errors import InputError
 
-        summary = run_eval(cfg)
+    try:  # a user error (config, file, row) is one line, no traceback
+        cfg = config_from_args(ns)
+        validate_eval(cfg, responses=ns.responses, tokenizer=ns.tokenizer)
+        if ns.responses:
+            summary = run_rescore(cfg, ns)
+        else:
+            from longcot.eval.run import run_eval
+
+            summary = run_eval(cfg)
+    except InputError as e:
+        print(f"longcot eval: {e}", file=sys.stderr)
+        return 2
     shown = {k: v for k, v in summary["metrics"].items() if "@" in k or k in ("tokens_per_s", "truncation_rate")}
     print(json.dumps({"n": summary["n"], "metrics": shown, "out": cfg.out}, indent=2))
     return 0

@@ -27,6 +27,7 @@ class DatasetConfig:
     split: str = "train"  # hub split; ignored for local files
     columns: dict[str, str] = field(default_factory=dict)  # {"problem": ..., "answer": ..., "id": ...}
     limit: int | None = None  # first N problems only (smoke tests)
+    skip_missing_answers: bool = False  # drop (and count) rows without a gold answer; default: an error
 
 
 @dataclass
@@ -51,6 +52,7 @@ class EvalConfig:
     max_model_len: int | None = None  # None: prompt + max_tokens rounded up
     dtype: str = "auto"  # engine dtype (float32 on CPU)
     engine_options: dict[str, Any] = field(default_factory=dict)  # extra build_engine keywords
+    reward_modules: list[str] = field(default_factory=list)  # modules of @reward functions (custom graders)
 
     def __post_init__(self) -> None:
         if "{" not in self.prompt:

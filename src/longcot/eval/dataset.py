@@ -6,26 +6,49 @@ ids were written as JSON) and the dataset agree.
 
 from __future__ import annotations
 
+import logging
+
+from longcot.data.answers import require_answers
 from longcot.data.sources import load_rows
+from longcot.errors import InputError, MissingKeyError
 from longcot.eval.config import DatasetConfig
 from longcot.rollout.base import Prompt
+
+log = logging.getLogger(__name__)
 
 
 def load_problems(cfg: DatasetConfig) -> list[dict]:
     """Rows with ``id``/``problem``/``answer`` (column mapping applied); duplicate ids are errors."""
+    return load_problems_counted(cfg)[0]
+
+
+def load_problems_counted(cfg: DatasetConfig) -> tuple[list[dict], int]:
+    """:func:`load_problems` and how many rows were skipped for lacking a gold answer (a row without one is an
+    error unless ``dataset.skip_missing_answers``)."""
     if not cfg.source:
-        raise ValueError("eval: dataset.source is empty (a hub name or a .jsonl/.json/.parquet file)")
+        raise InputError("eval: dataset.source is empty (a hub name or a .jsonl/.json/.parquet file)")
     rows = load_rows(cfg.source, split=cfg.split, columns=cfg.columns, limit=cfg.limit)
+    rows, skipped = require_answers(rows, cfg.source, cfg.skip_missing_answers, "dataset.skip_missing_answers")
     seen: set[str] = set()
     for i, row in enumerate(rows):
         row["answer"] = str(row["answer"])
         if row["id"] in seen:
-            raise ValueError(f"{cfg.source} row {i}: duplicate id '{row['id']}' (map dataset.columns.id to a "
+            raise InputError(f"{cfg.source} row {i}: duplicate id '{row['id']}' (map dataset.columns.id to a "
                              "unique column)")
         seen.add(row["id"])
     if not rows:
-        raise ValueError(f"{cfg.source}: no problems")
-    return rows
+        raise InputError(f"{cfg.source}: no problems")
+    return rows, skipped
+
+
+def effective_template(template: str, tokenizer) -> str:
+    """``template``, except that ``chat`` with a tokenizer that has no chat template (a base model, the tiny
+    demo model) falls back to ``raw`` with a warning, instead of stopping the eval."""
+    if template == "chat" and not getattr(tokenizer, "chat_template", None):
+        log.warning("template=chat but the tokenizer has no chat template: using template=raw (the prompt text "
+                    "as is); pass --template raw to make this explicit")
+        return "raw"
+    return template
 
 
 def render_prompt(row: dict, tokenizer, template: str, prompt: str) -> str:
@@ -33,7 +56,8 @@ def render_prompt(row: dict, tokenizer, template: str, prompt: str) -> str:
     try:
         text = prompt.format(**row)
     except KeyError as e:
-        raise KeyError(f"eval prompt {prompt!r} uses column {e} that the row lacks; columns: {sorted(row)}") from e
+        raise MissingKeyError(f"eval prompt {prompt!r} uses column {e} that the row lacks; "
+                              f"columns: {sorted(row)}") from e
     if template == "raw":
         return text
     if not getattr(tokenizer, "chat_template", None):
@@ -44,6 +68,7 @@ def render_prompt(row: dict, tokenizer, template: str, prompt: str) -> str:
 
 def build_prompts(rows: list[dict], tokenizer, template: str, prompt: str) -> list[Prompt]:
     """Engine prompts; the gold answer travels in ``meta["answer"]`` for the grader."""
+    template = effective_template(template, tokenizer)
     out = []
     for row in rows:
         text = render_prompt(row, tokenizer, template, prompt)

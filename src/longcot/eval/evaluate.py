@@ -37,14 +37,23 @@ def grade_trajectories(trajs: list[Trajectory], gold: dict[str, str], grader, to
     graded = grade_all(grader, texts, [gold[t.prompt_id] for t in trajs], [t.finish for t in trajs])
     counts: dict[str, int] = {}
     records = []
-    for t, text, (extracted, correct) in zip(trajs, texts, graded, strict=True):
+    for t, text, (extracted, correct), error in zip(trajs, texts, graded, grade_errors(grader, len(trajs)),
+                                                     strict=True):
         pid = t.prompt_id
         records.append({
             "id": pid, "sample": counts.get(pid, 0), "response": text, "extracted": extracted,
             "correct": bool(correct), "tokens": len(t.response_ids), "finish": t.finish,
         })
+        if error:
+            records[-1]["reward_error"] = error  # graded wrong because grading failed, not because it is wrong
         counts[pid] = counts.get(pid, 0) + 1
     return records
+
+
+def grade_errors(grader, n: int) -> list[str | None]:
+    """The grader's per-sample failures of its last batch (``None`` where grading worked)."""
+    errors = getattr(grader, "last_errors", None)
+    return list(errors) if errors is not None and len(errors) == n else [None] * n
 
 
 def grade_all(grader, responses: list[str], golds: list[str], finishes: list[str]) -> list[tuple]:

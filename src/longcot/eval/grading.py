@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 
 from longcot.record import Trajectory
 from longcot.registry import check_options
+from longcot.rewards.errors import describe
 from longcot.rewards.registry import REWARDS
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,9 @@ CUT_OFF = ("length", "budget", "repeat")
 
 def _load_builtin_rewards() -> None:
     """Import the modules that register the built-in rewards (registration happens on import)."""
-    import longcot.rewards.math  # noqa: F401
+    from longcot.rewards.registry import load_builtin_rewards
+
+    load_builtin_rewards()
 
 
 def _score(value, name: str) -> float:
@@ -53,6 +56,7 @@ class Grader:
         check_options(self.fn, self.options, where=f"grader[{name}]")
         self.extract = getattr(sys.modules.get(self.fn.__module__), "extract_answer", None)
         self.errors = 0
+        self.last_errors: list[str | None] = []  # per sample of the last many(): "Type: message" of a failure
 
     def _traj(self, response: str, gold: str, finish: str) -> Trajectory:
         return Trajectory(prompt_id="", group_id="", prompt_ids=[], response_ids=[], rollout_logprobs=[],
@@ -65,13 +69,16 @@ class Grader:
         batch = getattr(self.fn, "batch", None)
         values = batch(trajs, **self.options) if batch is not None else [self._call(t) for t in trajs]
         out = []
+        self.last_errors = []
         for t, c, v in zip(trajs, cut, values, strict=True):
+            error = None
             try:
                 correct = _score(v, self.name) > 0.5
             except Exception as e:  # noqa: BLE001 - one bad sample must not lose a 30-minute eval
                 log.warning("grader %s failed on a response (scored wrong): %r", self.name, e)
                 self.errors += 1
-                correct = False
+                correct, error = False, describe(e)
+            self.last_errors.append(error)
             extracted = None if (c or self.extract is None) else self.extract(t.response_text)
             out.append((None if extracted is None else str(extracted), bool(correct)))
         return out

@@ -42,7 +42,9 @@ def render_markdown(summary: dict, info: dict[str, Any]) -> str:
     lines += ["", "pass@k: unbiased estimator 1 - C(n-c,k)/C(n,k) averaged over problems. maj@k: majority vote over",
               "extracted answers in consecutive blocks of k samples, ties to the earliest sample, missing answers",
               "do not vote. CI: 95% percentile bootstrap over problems.", ""]
-    lines += ["## Per problem", "", "| id | pass rate | correct / n | mean length | truncated | majority | gold |",
+    unit = info.get("length_unit", "tokens")
+    lines += ["## Per problem", "",
+              f"| id | pass rate | correct / n | mean length ({unit}) | truncated | majority | gold |",
               "| --- | --- | --- | --- | --- | --- | --- |"]
     for p in summary["per_problem"]:
         maj = "" if p["maj_answer"] is None else str(p["maj_answer"]).replace("|", "\\|")
@@ -52,7 +54,9 @@ def render_markdown(summary: dict, info: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def plot_pass_rate_vs_length(summary: dict, path: str | Path) -> None:
+def plot_pass_rate_vs_length(summary: dict, path: str | Path, unit: str = "tokens") -> None:
+    """``unit``: what the lengths count (``tokens``, or ``chars`` when re-scored responses had neither token
+    counts nor a tokenizer), so the axis says what was measured."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -61,7 +65,7 @@ def plot_pass_rate_vs_length(summary: dict, path: str | Path) -> None:
     probs = summary["per_problem"]
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     ax.scatter([p["mean_length"] for p in probs], [p["pass_rate"] for p in probs], s=18, alpha=0.7)
-    ax.set_xlabel("mean response length (tokens)")
+    ax.set_xlabel(f"mean response length ({unit})")
     ax.set_ylabel("pass rate (fraction of samples correct)")
     ax.set_ylim(-0.05, 1.05)
     avg = next((v for k, v in summary["metrics"].items() if k.startswith("avg@") and "_" not in k), None)
@@ -75,4 +79,4 @@ def plot_pass_rate_vs_length(summary: dict, path: str | Path) -> None:
 def write_report(summary: dict, out_dir: str | Path, info: dict[str, Any]) -> None:
     out = Path(out_dir)
     (out / "report.md").write_text(render_markdown(summary, info))
-    plot_pass_rate_vs_length(summary, out / PLOT_NAME)
+    plot_pass_rate_vs_length(summary, out / PLOT_NAME, info.get("length_unit", "tokens"))

@@ -13,7 +13,8 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from longcot.eval.evaluate import grade_all, write_outputs
+from longcot.errors import InputError, MissingKeyError
+from longcot.eval.evaluate import grade_all, grade_errors, write_outputs
 from longcot.eval.metrics import summarize
 
 
@@ -26,13 +27,13 @@ def read_responses(path: str | Path) -> list[dict]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{i}: not valid JSON ({e.msg})") from e
+                raise InputError(f"{path}:{i}: not valid JSON ({e.msg})") from e
             missing = [k for k in ("id", "response") if k not in row]
             if missing:
-                raise KeyError(f"{path}:{i}: missing {missing}; each row needs 'id' and 'response'")
+                raise MissingKeyError(f"{path}:{i}: missing {missing}; each row needs 'id' and 'response'")
             rows.append(row)
     if not rows:
-        raise ValueError(f"{path}: no responses")
+        raise InputError(f"{path}: no responses")
     return rows
 
 
@@ -57,21 +58,24 @@ def rescore(
     """Grade ``rows`` against ``gold`` (id -> answer), summarise, and write the outputs to ``out_dir``."""
     unknown = sorted({str(r["id"]) for r in rows} - set(gold))
     if unknown:
-        raise KeyError(f"{len(unknown)} response ids are not in the dataset, e.g. {unknown[:5]}")
+        raise MissingKeyError(f"{len(unknown)} response ids are not in the dataset, e.g. {unknown[:5]}")
     missing = [pid for pid in gold if pid not in {str(r["id"]) for r in rows}]
     if missing and not allow_missing:
-        raise ValueError(f"{len(missing)} dataset problems have no responses, e.g. {missing[:5]} "
+        raise InputError(f"{len(missing)} dataset problems have no responses, e.g. {missing[:5]} "
                          "(pass --allow-missing to score only the answered ones)")
     pids = [str(r["id"]) for r in rows]
     finishes = [r.get("finish", "stop") for r in rows]
     graded = grade_all(grader, [r["response"] for r in rows], [gold[p] for p in pids], finishes)
     counts: dict[str, int] = {}
     records = []
-    for r, pid, finish, (extracted, correct) in zip(rows, pids, finishes, graded, strict=True):
+    errors = grade_errors(grader, len(rows))
+    for r, pid, finish, (extracted, correct), error in zip(rows, pids, finishes, graded, errors, strict=True):
         records.append({
             "id": pid, "sample": int(r.get("sample", counts.get(pid, 0))), "response": r["response"],
             "extracted": extracted, "correct": bool(correct), "tokens": _length(r, tokenizer), "finish": finish,
         })
+        if error:
+            records[-1]["reward_error"] = error
         counts[pid] = counts.get(pid, 0) + 1
     summary = summarize(records, ks, gold={pid: gold[pid] for pid in counts})
     summary["metrics"]["missing_problems"] = len(missing)

@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 
 from longcot.eval.config import EvalConfig
-from longcot.eval.dataset import build_prompts, load_problems
+from longcot.eval.dataset import build_prompts, effective_template, load_problems, load_problems_counted
 from longcot.eval.evaluate import evaluate
 from longcot.eval.grading import make_grader
 from longcot.rollout.base import Prompt, SamplingConfig
@@ -82,12 +82,15 @@ def run_eval(cfg: EvalConfig) -> dict:
     if not cfg.model:
         raise ValueError("eval: no model (set model=PATH_OR_HUB_NAME or --model)")
     tokenizer = load_tokenizer(cfg.model)
-    rows = load_problems(cfg.dataset)
-    prompts = build_prompts(rows, tokenizer, cfg.template, cfg.prompt)
+    rows, skipped = load_problems_counted(cfg.dataset)
+    template = effective_template(cfg.template, tokenizer)
+    prompts = build_prompts(rows, tokenizer, template, cfg.prompt)
     engine, kind = make_engine(cfg, tokenizer, prompts)
+    info = protocol_info(cfg, engine=kind, problems=len(prompts), skipped_no_answer=skipped, template=template,
+                         length_unit="tokens")
     try:
-        return evaluate(engine, tokenizer, prompts, sampling_config(cfg), grader_for(cfg), cfg.out,
-                        ks=cfg.k, info=protocol_info(cfg, engine=kind, problems=len(prompts)))
+        return evaluate(engine, tokenizer, prompts, sampling_config(cfg), grader_for(cfg), cfg.out, ks=cfg.k,
+                        info=info)
     finally:
         if hasattr(engine, "shutdown"):
             engine.shutdown()

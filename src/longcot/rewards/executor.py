@@ -16,8 +16,10 @@ true, read files, signal other processes) changes the score it gets:
 from __future__ import annotations
 
 import ast
+import atexit
 import builtins
 import json
+import logging
 import os
 import pickle
 import signal
@@ -25,11 +27,14 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 
 from longcot.rewards import sandbox as _sandbox_module
+from longcot.rewards.errors import RewardSetupError
 
+log = logging.getLogger(__name__)
 MAX_FRAME = 8 << 20  # bytes a program may send back for one call
 
 
@@ -70,11 +75,21 @@ def _recv(sock: socket.socket, n: int) -> bytes:
     return buf
 
 
-class Sandbox:
-    """One sandbox server process (started lazily, restarted when it dies)."""
+POLICIES = ("required", "allow_unsafe")
+PROBE = "import os\nprint('ok', os.path.exists({marker!r}))\n"
 
-    def __init__(self, tmp_mb: int = 64):
-        self.tmp_mb = tmp_mb
+
+class SandboxUnavailable(RewardSetupError):
+    """The jail cannot start on this machine (or a program cannot run in it): stop, do not grade 0."""
+
+
+class Sandbox:
+    """One sandbox server process (started lazily, restarted when it dies), checked by a probe at start."""
+
+    def __init__(self, policy: str = "required", tmp_mb: int = 64):
+        if policy not in POLICIES:
+            raise ValueError(f"code reward: sandbox must be one of {list(POLICIES)}, got {policy!r}")
+        self.policy, self.tmp_mb = policy, tmp_mb
         self.proc: subprocess.Popen | None = None
         self.sock: socket.socket | None = None
         self.features: list[str] = []
@@ -82,13 +97,42 @@ class Sandbox:
 
     def _start(self) -> None:
         ours, theirs = socket.socketpair()
-        cfg = {"fd": theirs.fileno(), "uid": 200000 + os.getpid(), "tmp_mb": self.tmp_mb}
+        cfg = {"fd": theirs.fileno(), "uid": 200000 + os.getpid(), "tmp_mb": self.tmp_mb, "policy": self.policy}
+        # An empty environment: a forked program can read its parent's original environment block (posix.environ),
+        # and the trainer's may hold tokens.
         self.proc = subprocess.Popen([sys.executable, "-I", _sandbox_module.__file__, json.dumps(cfg)],
-                                     pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
+                                     pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, env={})
         theirs.close()
         self.sock = ours
-        hello = _read_frame(ours)
+        try:
+            hello = _read_frame(ours)
+        except (EOFError, OSError, ValueError) as e:
+            self.close()
+            raise SandboxUnavailable(f"the code sandbox server died at start ({e})") from None
         self.features, self.warnings = hello["features"], hello["warnings"]
+        if not hello["ready"]:
+            self.close()
+            raise SandboxUnavailable(f"{hello['error']}. Run as root, enable unprivileged user namespaces, or, "
+                                     "only for programs you trust, set the code reward's option "
+                                     "'sandbox: allow_unsafe' (runs them without isolation)")
+        for w in self.warnings:
+            log.warning("code sandbox: %s", w)
+        self._probe()
+
+    def _probe(self) -> None:
+        """Run a tiny program: a jail that starts but cannot run anything (an unmapped uid in a container,
+        a missing library) would otherwise score every sample 0 without a word; a jail that can see the
+        caller's files is no jail."""
+        with tempfile.NamedTemporaryFile(prefix="longcot-probe-") as marker:
+            st = self.run(PROBE.format(marker=marker.name), "", Limits(wall_s=20, cpu_s=10))
+        jailed = "unsafe" not in self.features
+        if st["exit"] != 0 or not st["stdout"].startswith("ok"):
+            self.close()
+            raise SandboxUnavailable(f"the code sandbox started but a test program failed in it (exit {st['exit']}, "
+                                     f"signal {st['signal']}, timed out {st['timed_out']}): {st['stderr'][-500:]}")
+        if jailed and st["stdout"].split()[1] != "False":
+            self.close()
+            raise SandboxUnavailable("the code sandbox started but a program in it could see the caller's /tmp")
 
     def ensure(self) -> Sandbox:
         if self.proc is None or self.proc.poll() is not None:
@@ -132,11 +176,21 @@ class Sandbox:
 _SANDBOX: Sandbox | None = None
 
 
-def sandbox() -> Sandbox:
-    """This process's sandbox server."""
+@atexit.register
+def _close_sandbox() -> None:
+    """Stop and reap this process's sandbox server when the reward worker exits (the pool closes it)."""
+    if _SANDBOX is not None:
+        _SANDBOX.close()
+
+
+def sandbox(policy: str = "required") -> Sandbox:
+    """This process's sandbox server (restarted when the policy changes)."""
     global _SANDBOX
+    if _SANDBOX is not None and _SANDBOX.policy != policy:
+        _SANDBOX.close()
+        _SANDBOX = None
     if _SANDBOX is None:
-        _SANDBOX = Sandbox()
+        _SANDBOX = Sandbox(policy)
     return _SANDBOX.ensure()
 
 
@@ -150,9 +204,9 @@ def _lines(text: str) -> list[str]:
     return lines
 
 
-def run_io(code: str, cases: list[dict], limits: dict, mode: str = "all") -> dict:
+def run_io(code: str, cases: list[dict], limits: dict, mode: str = "all", policy: str = "required") -> dict:
     """Score ``code`` on stdin/stdout ``cases``; ``mode="all"`` stops at the first failing case."""
-    lim, box, passed, details = Limits(**limits), sandbox(), 0, []
+    lim, box, passed, details = Limits(**limits), sandbox(policy), 0, []
     for case in cases:
         st = box.run(code, str(case.get("input", "")), lim)
         ok = st["exit"] == 0 and not st["stdout_truncated"] and _lines(st["stdout"]) == _lines(str(case["output"]))
@@ -262,9 +316,10 @@ def _alarm(signum, frame):
     raise TimeoutError("check() ran past its wall-clock limit")
 
 
-def run_assert(prompt: str, completion: str, test: str, entry_point: str, limits: dict, mode: str = "all") -> dict:
+def run_assert(prompt: str, completion: str, test: str, entry_point: str, limits: dict, mode: str = "all",
+               policy: str = "required") -> dict:
     """Score a HumanEval-style problem: ``check(entry_point)`` runs here, the candidate in the jail."""
-    lim, box = Limits(**limits), sandbox()
+    lim, box = Limits(**limits), sandbox(policy)
     program = prompt + completion if completion[:1].isspace() else prompt + "\n" + completion
     remote = Remote(box.serve(program, entry_point, lim), time.monotonic() + lim.wall_s)
     ns: dict = {"__name__": "__check__", "__lc__": [0, 0]}
@@ -293,17 +348,28 @@ def run_assert(prompt: str, completion: str, test: str, entry_point: str, limits
             "timed_out": st["timed_out"], "stderr": st["stderr"][-300:]}
 
 
-def grade(tests: dict, code: str, limits: dict, mode: str) -> dict:
+def grade(tests: dict, code: str, limits: dict, mode: str, policy: str = "required") -> dict:
     """Pool entry point: score ``code`` on ``tests`` (``{"kind": "io" | "assert", ...}``)."""
     kind = tests.get("kind")
     if kind == "io":
-        return run_io(code, list(tests["cases"]), limits, mode)
+        return run_io(code, list(tests["cases"]), limits, mode, policy)
     if kind == "assert":
-        return run_assert(tests.get("prompt", ""), code, tests["test"], tests["entry_point"], limits, mode)
+        return run_assert(tests.get("prompt", ""), code, tests["test"], tests["entry_point"], limits, mode, policy)
     raise ValueError(f"tests.kind must be 'io' or 'assert', got {kind!r}")
 
 
-def features() -> dict:
-    """What isolation the sandbox server achieved on this machine."""
-    box = sandbox()
+def features(policy: str = "required") -> dict:
+    """What isolation the sandbox server achieved on this machine (raises :class:`SandboxUnavailable`)."""
+    box = sandbox(policy)
     return {"features": box.features, "warnings": box.warnings}
+
+
+def check_sandbox(policy: str = "required") -> dict:
+    """Start a sandbox server in this process, run the probe, stop it: the start-up check before any work
+    (``longcot train``/``score`` call it through the code reward's ``check``). Raises :class:`SandboxUnavailable`."""
+    box = Sandbox(policy)
+    try:
+        box.ensure()
+        return {"features": box.features, "warnings": box.warnings}
+    finally:
+        box.close()

@@ -83,9 +83,36 @@ def cosine_length(
 def repetition(sample: Trajectory, *, ngram: int = 8, max_penalty: float = -1.0) -> float:
     """max_penalty * (fraction of repeated token n-grams): 0 for no repeats, max_penalty for a loop.
 
-    Uses ``response_ids`` (characters of ``response_text`` when there are no ids)."""
-    seq = sample.response_ids or list(sample.response_text)
+    Needs ``response_ids``: a sample with text but no token ids is an error, never scored on some other unit
+    (``longcot score`` tokenises with ``--tokenizer`` or refuses before grading)."""
+    _validate_repetition(ngram=ngram)
+    seq = sample.response_ids
+    if not seq and sample.response_text:
+        raise ValueError(f"sample {sample.prompt_id}: repetition needs token ids (response_ids) and has none")
     grams = [tuple(seq[i : i + ngram]) for i in range(len(seq) - ngram + 1)]
     if not grams:
         return 0.0
     return max_penalty * (1.0 - len(set(grams)) / len(grams))
+
+
+def _validate_correctness(*, correctness: str = "math", **_options) -> None:
+    """The reward that judges correctness exists (before any work, not at the first sample)."""
+    REWARDS.get(correctness)
+
+
+def _validate_overlong(*, max_len: int = 4096, cache: int = 512) -> None:
+    if not 0 < cache <= max_len:
+        raise ValueError(f"overlong: need 0 < cache <= max_len, got cache={cache}, max_len={max_len}")
+
+
+k15_length.validate = _validate_correctness
+cosine_length.validate = _validate_correctness
+overlong.validate = _validate_overlong
+
+
+def _validate_repetition(*, ngram: int = 8, max_penalty: float = -1.0) -> None:
+    if ngram < 1:
+        raise ValueError(f"repetition: ngram must be >= 1, got {ngram}")
+
+
+repetition.validate = _validate_repetition

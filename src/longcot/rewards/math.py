@@ -195,9 +195,11 @@ def verify_answer(gold: str, pred: str, is_text: bool = False, timeout: int = 3)
 
 def _job(sample: Trajectory, answer_prefix: str | None, fallback: str) -> tuple | float:
     """A pool job for ``sample``, or its score when no math-verify call is needed."""
-    if "answer" not in sample.meta:
-        raise KeyError(f"sample {sample.prompt_id}: meta has no 'answer' (the gold answer the math reward needs)")
-    gold = str(sample.meta["answer"]).strip()
+    gold = sample.meta.get("answer")
+    if gold is None or not str(gold).strip():  # never grade against "None" or "": that is a wrong grade
+        raise KeyError(f"sample {sample.prompt_id}: no gold answer (meta['answer'] = {gold!r}); the math reward "
+                       "needs one")
+    gold = str(gold).strip()
     pred = extract_answer(sample.response_text, answer_prefix)
     if pred is None:
         section = answer_section(sample.response_text)
@@ -277,5 +279,12 @@ def math(
     return value
 
 
+def validate(*, truncated_score: float = 0.0, answer_prefix: str | None = "Answer:", fallback: str = "none",
+             timeout_s: float = 5.0) -> None:
+    """Option values, before any work (``longcot.config.validate``)."""
+    _check_options(fallback, timeout_s)
+
+
 math.batch = math_batch  # compute_rewards grades a whole batch at once through the pool when it can
-math.prepare = lambda: _pool().start()  # prepare_rewards: workers start with the trainer, not mid-step
+math.validate = validate
+math.prepare = lambda **_options: _pool().start()  # prepare_rewards: workers start with the trainer, not mid-step

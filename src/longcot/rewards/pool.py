@@ -61,6 +61,15 @@ class _Worker:
         self.proc.join(5)
         self.conn.close()
 
+    def stop(self, grace_s: float = 5.0) -> None:
+        """Close the pipe and let the worker exit by itself, so that it can stop and reap what it started (a
+        sandbox server); killed only if it does not exit within ``grace_s``."""
+        self.conn.close()
+        self.proc.join(grace_s)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join(5)
+
 
 class WorkerPool:
     """``size`` warm processes; :meth:`map` runs jobs on them with a hard wall-clock limit per job."""
@@ -142,7 +151,7 @@ class WorkerPool:
 
     def close(self) -> None:
         for w in self._workers:
-            w.kill()
+            w.stop() if w.job is None else w.kill()
         self._workers = []
 
 

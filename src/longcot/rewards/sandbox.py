@@ -6,21 +6,21 @@ milliseconds; forking this small, pre-imported process costs about one. Why it n
 child inherits its parent's memory, and the program could read it (ctypes), so tests, expected outputs and
 the verdict live only in the caller (the trusted side); this process receives code and stdin, nothing else.
 
-Isolation, set up once at start when running as root (each step degrades to a warning otherwise):
-new mount, network and IPC namespaces (no network: only a down loopback; no SysV/POSIX IPC objects);
-a chroot whose root is an empty read-only tmpfs with read-only binds of the system and Python directories
-only (so project files and data sets are invisible) and fresh size-capped tmpfs on /tmp and /dev/shm.
-Per program: a new PID namespace (raw clone; killing its init, the program, kills every process it made,
-even after setsid/double fork), a dedicated unprivileged uid (cannot signal this process or its caller,
-cannot write outside /tmp), no_new_privs, rlimits (CPU, address space, file size, open files, processes,
-no core), a fresh work directory, and everything under /tmp and /dev/shm wiped afterwards.
+The jail (:mod:`longcot.rewards.jail`) is the same for root and for any other user: a user namespace first,
+then mount and network namespaces and a read-only root, built once when this server starts; per program a
+fork into new PID and IPC namespaces (killing its init, the program, kills every process it made, even after
+setsid/double fork), an identity without any capability, ``no_new_privs``, rlimits (CPU, address space, file
+size, open files, processes, no core), fresh ``/tmp`` and ``/dev/shm``, and stdin/stdout/stderr as memfds that
+only this process reads back (no name the program could swap for a FIFO or a symlink).
 
-Protocol on fd ``sock`` (a Unix socket): 4-byte big-endian length + JSON, request then reply.
-``{"op": "run", "code", "stdin", "limits"}`` -> ``{"exit", "signal", "timed_out", "stdout", "stderr", "cpu_s"}``.
-``{"op": "serve", "code", "entry_point", "limits"}`` -> the program's end of a socket pair (SCM_RIGHTS), then
-``{"op": "stop"}`` from the caller -> the same status reply. The program side of "serve" answers calls
-``(args, kwargs)`` (pickle in) with JSON out: only plain data crosses back, never an object whose ``__eq__``
-the program wrote.
+``policy="allow_unsafe"`` runs programs without namespaces when the kernel refuses them (rlimits, a session
+of their own, every descendant killed and reaped through the child-subreaper bit); ``"required"`` (default)
+refuses to start instead. Protocol on fd ``sock`` (a Unix socket): 4-byte big-endian length + JSON.
+Hello: ``{"ready", "features", "warnings", "error"}``. ``{"op": "run", "code", "stdin", "limits"}`` ->
+``{"exit", "signal", "timed_out", "stdout", "stderr", "cpu_s"}``. ``{"op": "serve", "code", "entry_point",
+"limits"}`` -> the program's end of a socket pair (SCM_RIGHTS), then ``{"op": "stop"}`` from the caller ->
+the same status reply. The program side of "serve" answers calls ``(args, kwargs)`` (pickle in) with JSON
+out: only plain data crosses back, never an object whose ``__eq__`` the program wrote.
 """
 
 from __future__ import annotations
@@ -40,91 +40,30 @@ import tempfile
 import time
 import traceback
 
-CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWPID = 0x00020000, 0x08000000, 0x40000000, 0x20000000
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 32, 4096, 16384, 1 << 18
-PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS, PR_SET_CHILD_SUBREAPER = 1, 38, 36
+
+def _jail_module():
+    """:mod:`longcot.rewards.jail`, loaded by path: this file runs as ``python -I sandbox.py`` (no longcot)."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "jail.py")
+    spec = importlib.util.spec_from_file_location("longcot_jail", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+jail = _jail_module()
 PRELOAD = ("typing", "collections", "itertools", "functools", "math", "re", "heapq", "bisect", "string",
            "random", "json", "fractions", "decimal", "statistics", "hashlib", "copy", "dataclasses", "io")
-LIBC = ctypes.CDLL(None, use_errno=True)
-LIBC.syscall.restype = ctypes.c_long
-SYS_CLONE = 56 if os.uname().machine == "x86_64" else 220  # x86_64 / aarch64
-
-
-def _check(ret: int, what: str) -> None:
-    if ret != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"{what}: {os.strerror(err)}")
-
-
-def _mount(src: str | None, dst: str, fstype: str | None, flags: int, data: str | None = None) -> None:
-    enc = lambda s: s.encode() if s is not None else None
-    _check(LIBC.mount(enc(src), enc(dst), enc(fstype), ctypes.c_ulong(flags), enc(data)), f"mount {dst}")
-
-
-def _bind_ro(path: str, root: str) -> None:
-    target = root + path
-    if os.path.isdir(path):
-        os.makedirs(target, exist_ok=True)
-    else:
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        open(target, "a").close()
-    _mount(path, target, None, MS_BIND | MS_REC)
-    _mount(None, target, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
-
-
-def _ro_paths(extra: list[str]) -> list[str]:
-    """System and Python directories the jail needs, outermost first, symlinks kept as symlinks."""
-    paths = ["/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin", "/etc", sys.base_prefix, sys.prefix]
-    paths += [p for p in sys.path if p and os.path.isdir(p) and "site-packages" in p] + extra
-    out: list[str] = []
-    for p in sorted({os.path.abspath(p) for p in paths if os.path.lexists(p)}, key=len):
-        if not any(p == q or p.startswith(q + "/") for q in out):
-            out.append(p)
-    return out
-
-
-def build_jail(tmp_mb: int, extra_ro: list[str]) -> list[str]:
-    """Enter new namespaces and chroot into a minimal read-only root; returns the features that worked."""
-    features = []
-    for flag, name in ((CLONE_NEWNS, "mount"), (CLONE_NEWNET, "net"), (CLONE_NEWIPC, "ipc")):
-        if LIBC.unshare(flag) == 0:
-            features.append(name)
-    if "ipc" in features:  # no SysV or POSIX IPC objects at all: nothing can outlive a run there
-        for knob, value in (("kernel/shmmni", "0"), ("kernel/msgmni", "0"), ("kernel/sem", "0 0 0 0"),
-                            ("fs/mqueue/queues_max", "0")):
-            try:
-                with open("/proc/sys/" + knob, "w") as f:
-                    f.write(value)
-            except OSError:
-                pass
-    if "mount" not in features:
-        return features
-    _mount(None, "/", None, MS_REC | MS_PRIVATE)
-    root = "/tmp/.jail"
-    _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=755,size=1m")  # private: invisible outside
-    os.makedirs(root)
-    _mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "mode=755,size=1m")
-    for p in _ro_paths(extra_ro):
-        if os.path.islink(p):
-            os.makedirs(os.path.dirname(root + p), exist_ok=True)
-            os.symlink(os.readlink(p), root + p)
-        else:
-            _bind_ro(p, root)
-    for dev in ("null", "zero", "urandom", "random", "full"):
-        _bind_ro("/dev/" + dev, root)
-    for d, mode in (("/tmp", "1777"), ("/dev/shm", "1777")):
-        os.makedirs(root + d, exist_ok=True)
-        _mount("tmpfs", root + d, "tmpfs", MS_NOSUID | MS_NODEV, f"mode={mode},size={tmp_mb}m,nr_inodes=4096")
-    _mount(None, root, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
-    os.chroot(root)
-    os.chdir("/")
-    return features + ["chroot"]
+PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 36, 38
+CLONE_NEWPID, CLONE_NEWIPC = 0x20000000, 0x08000000
+LIBC = jail.LIBC
 
 
 # ---------------------------------------------------------------- the jailed child (never returns)
 
 
-def _limit(limits: dict, uid: int | None) -> None:
+def _limit(limits: dict) -> None:
     mb = 1 << 20
     for res, value in ((resource.RLIMIT_CPU, limits["cpu_s"]), (resource.RLIMIT_AS, limits["memory_mb"] * mb),
                        (resource.RLIMIT_FSIZE, limits["file_mb"] * mb), (resource.RLIMIT_NOFILE, limits["files"]),
@@ -132,25 +71,20 @@ def _limit(limits: dict, uid: int | None) -> None:
         resource.setrlimit(res, (int(value), int(value)))
     LIBC.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
     LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if uid is not None:
-        os.setgroups([])
-        os.setgid(uid)
-        os.setuid(uid)
 
 
-def _child(job: dict, workdir: str, uid: int | None, keep_fd: int) -> None:
+def _child(job: dict, workdir: str, stdio: list[int], jailed: bool, root: bool, keep_fd: int) -> None:
     """Set up fds, limits and identity, then run the program. Exit status is the program's."""
     try:
         os.setsid()
-        stdin = os.open(os.path.join(workdir, ".stdin"), os.O_RDONLY)
-        out = os.open(os.path.join(workdir, ".stdout"), os.O_WRONLY)
-        err = os.open(os.path.join(workdir, ".stderr"), os.O_WRONLY)
-        for fd, std in ((stdin, 0), (out, 1), (err, 2)):
+        for fd, std in zip(stdio, (0, 1, 2), strict=True):
             os.dup2(fd, std)
         if keep_fd >= 0:  # the call socket of "serve" becomes fd 3
             os.dup2(keep_fd, 3)
         os.closerange(4 if keep_fd >= 0 else 3, 1 << 16)
-        _limit(job["limits"], uid)
+        _limit(job["limits"])
+        if jailed:
+            jail.drop_privileges(jail.INNER_UID if root else None)
         os.chdir(workdir)
         os.environ.clear()
         os.environ.update(PATH="/usr/local/bin:/usr/bin:/bin", HOME=workdir, TMPDIR="/tmp", LANG="C.UTF-8",
@@ -159,7 +93,8 @@ def _child(job: dict, workdir: str, uid: int | None, keep_fd: int) -> None:
         sys.stdout = open(1, "w", encoding="utf-8", closefd=False)
         sys.stderr = open(2, "w", encoding="utf-8", closefd=False)
         sys.argv = ["solution.py"]
-    except BaseException:  # noqa: BLE001
+    except BaseException as e:  # noqa: BLE001 - the caller's start-up probe shows this message
+        os.write(2, f"sandbox: could not set up the program: {type(e).__name__}: {e}\n".encode())
         os._exit(125)
     code = 0
     try:
@@ -236,66 +171,65 @@ def _serve_calls(ns: dict, entry_point: str) -> None:
 # ---------------------------------------------------------------- the zygote loop
 
 
-def _wipe(path: str) -> None:
-    for name in os.listdir(path):
-        p = os.path.join(path, name)
-        if os.path.isdir(p) and not os.path.islink(p):
-            shutil.rmtree(p, ignore_errors=True)
-        else:
-            try:
-                os.unlink(p)
-            except OSError:
-                pass
-
-
 class Zygote:
-    def __init__(self, sock: socket.socket, uid: int | None, features: list[str]):
-        self.sock, self.uid, self.features = sock, uid, features
-        # In the jail /tmp and /dev/shm are private tmpfs, wiped after every program; without it, only our
-        # own directory (never the host's /tmp).
-        self.scratch = ["/tmp", "/dev/shm"] if "chroot" in features else [tempfile.mkdtemp(prefix="longcot-sbx-")]
+    def __init__(self, sock: socket.socket, features: list[str], tmp_mb: int):
+        self.sock, self.features, self.tmp_mb = sock, features, tmp_mb
+        self.jailed = "pivot_root" in features
+        self.root = "uid" in features
 
-    def _prepare(self, job: dict) -> str:
-        workdir = os.path.join(self.scratch[0], "work")
-        os.makedirs(workdir, mode=0o700)
-        with open(os.path.join(workdir, ".stdin"), "w", encoding="utf-8") as f:
-            f.write(job.get("stdin") or "")
-        for name in (".stdout", ".stderr"):
-            open(os.path.join(workdir, name), "w").close()
-        if self.uid is not None:
-            for p in (workdir, *(os.path.join(workdir, n) for n in (".stdin", ".stdout", ".stderr"))):
-                os.chown(p, self.uid, self.uid)
-        return workdir
+    def _prepare(self, job: dict) -> tuple[str, list[int]]:
+        """A fresh work directory and the program's stdin/stdout/stderr as memfds (no name the program
+        could replace with a FIFO or a symlink before we read it back)."""
+        if self.jailed:
+            jail.fresh_tmp(self.tmp_mb)
+            workdir = "/tmp/work"
+            os.makedirs(workdir, mode=0o700)
+            if self.root:
+                os.chown(workdir, jail.INNER_UID, jail.INNER_UID)
+        else:
+            workdir = tempfile.mkdtemp(prefix="longcot-sbx-")
+        stdio = [os.memfd_create(name) for name in ("stdin", "stdout", "stderr")]
+        os.write(stdio[0], (job.get("stdin") or "").encode())
+        os.lseek(stdio[0], 0, os.SEEK_SET)
+        return workdir, stdio
 
     def job(self, job: dict) -> dict:
-        workdir = self._prepare(job)
+        workdir, stdio = self._prepare(job)
         theirs = ours = None
         if job["op"] == "serve":
             ours, theirs = socket.socketpair()
-        pid = self._spawn(job, workdir, ours, theirs)
-        t0 = time.monotonic()
-        if theirs is not None:
-            theirs.close()
-            socket.send_fds(self.sock, [b"F"], [ours.fileno()])
-            ours.close()
-        status = self._wait(pid, job["limits"]["wall_s"], watch_caller=ours is not None)
-        status["wall_s"] = time.monotonic() - t0
-        status.update(self._collect(workdir, job["limits"]["output_kb"] * 1024))
-        for d in self.scratch:
-            _wipe(d)
+        try:
+            pid = self._spawn(job, workdir, stdio, ours, theirs)
+            t0 = time.monotonic()
+            if theirs is not None:
+                theirs.close()
+                socket.send_fds(self.sock, [b"F"], [ours.fileno()])
+                ours.close()
+            status = self._wait(pid, job["limits"]["wall_s"], watch_caller=ours is not None)
+            status["wall_s"] = time.monotonic() - t0
+            status.update(self._collect(stdio[1:], job["limits"]["output_kb"] * 1024))
+        finally:
+            for fd in stdio:
+                os.close(fd)
+            if self.jailed:
+                jail.fresh_tmp(1)  # nothing of this run stays, not even in our private mount namespace
+            else:
+                shutil.rmtree(workdir, ignore_errors=True)
         return status
 
-    def _spawn(self, job: dict, workdir: str, ours, theirs) -> int:
-        """Fork the jailed child as the init of a new PID namespace (raw ``clone``: one fork, no helper)."""
-        flags = CLONE_NEWPID if "pid" in self.features else 0
-        pid = LIBC.syscall(SYS_CLONE, flags | signal.SIGCHLD, 0, 0, 0, 0) if flags else os.fork()
+    def _spawn(self, job: dict, workdir: str, stdio: list[int], ours, theirs) -> int:
+        """Fork the child: in the jail, as the init of new PID and IPC namespaces (raw ``clone``: one fork)."""
+        if self.jailed:
+            pid = LIBC.syscall(jail.SYS_CLONE, CLONE_NEWPID | CLONE_NEWIPC | signal.SIGCHLD, 0, 0, 0, 0)
+        else:
+            pid = os.fork()
         if pid < 0:
             raise OSError(ctypes.get_errno(), "clone failed")
         if pid == 0:
             self.sock.close()
             if ours is not None:
                 ours.close()
-            _child(job, workdir, self.uid, theirs.fileno() if theirs is not None else -1)
+            _child(job, workdir, stdio, self.jailed, self.root, theirs.fileno() if theirs is not None else -1)
         return pid
 
     def _wait(self, pid: int, wall_s: float, watch_caller: bool) -> dict:
@@ -313,9 +247,18 @@ class Zygote:
             if self.sock in ready:
                 stopped = True  # the caller sent "stop" (read below) or went away
                 break
-        os.kill(pid, signal.SIGKILL)  # init of its PID namespace: takes every descendant with it
+        if self.jailed:
+            os.kill(pid, signal.SIGKILL)  # init of its PID namespace: takes every descendant with it
+        else:
+            for kill in (os.killpg, os.kill):  # its session's group, then whatever escaped it (below)
+                try:
+                    kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
         _, st, ru = os.wait4(pid, 0)
         os.close(pidfd)
+        if not self.jailed:
+            jail.reap_descendants()
         if watch_caller:  # "serve" always ends with the caller's "stop", also when the program exited first
             _read(self.sock)
         exited = os.WIFEXITED(st) and not (timed_out or stopped)
@@ -324,14 +267,10 @@ class Zygote:
                 "timed_out": timed_out, "cpu_s": ru.ru_utime + ru.ru_stime}
 
     @staticmethod
-    def _collect(workdir: str, cap: int) -> dict:
+    def _collect(fds: list[int], cap: int) -> dict:
         out = {}
-        for name in ("stdout", "stderr"):
-            try:
-                with open(os.path.join(workdir, "." + name), "rb") as f:
-                    data = f.read(cap + 1)
-            except OSError:
-                data = b""
+        for name, fd in zip(("stdout", "stderr"), fds, strict=True):
+            data = os.pread(fd, cap + 1, 0)
             out[name] = data[:cap].decode("utf-8", "replace")
             out[name + "_truncated"] = len(data) > cap
         return out
@@ -340,6 +279,18 @@ class Zygote:
 def _read(sock: socket.socket):
     (n,) = struct.unpack("!I", _recv_exact(sock, 4))
     return json.loads(_recv_exact(sock, n))
+
+
+def start(cfg: dict) -> tuple[list[str], list[str], str | None]:
+    """Build the jail as the policy allows: (features, warnings, error that stops the server)."""
+    try:
+        return jail.build_jail(cfg["uid"], cfg["tmp_mb"], cfg.get("extra_ro", [])), [], None
+    except OSError as e:
+        reason = f"the code sandbox cannot isolate programs here: {e}"
+    if cfg.get("policy", "required") != "allow_unsafe":
+        return [], [], reason
+    return ["unsafe"], [reason + "; sandbox=allow_unsafe: running programs WITHOUT isolation (rlimits and a "
+                        "session of their own only: they can read and write your files and use the network)"], None
 
 
 def main() -> None:
@@ -351,23 +302,12 @@ def main() -> None:
             __import__(m)
         except ImportError:
             pass
-    features: list[str] = []
-    warnings: list[str] = []
-    uid = None
-    if os.geteuid() == 0:
-        try:
-            features = build_jail(cfg["tmp_mb"], cfg.get("extra_ro", []))
-        except OSError as e:
-            warnings.append(f"jail: {e}")
-        uid = cfg["uid"]
-        features.append("uid")
-    else:
-        warnings.append("not root: no namespaces, chroot or separate uid; rlimits and process groups only")
+    features, warnings, error = start(cfg)
     LIBC.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-    if uid is not None and "mount" in features:
-        features.append("pid")
-    z = Zygote(sock, uid, features)
-    _send(sock, {"ready": True, "features": features, "warnings": warnings, "uid": uid})
+    _send(sock, {"ready": error is None, "features": features, "warnings": warnings, "error": error})
+    if error is not None:
+        return
+    z = Zygote(sock, features, cfg["tmp_mb"])
     while True:
         try:
             job = _read(sock)

@@ -1,0 +1,122 @@
+"""Validation before any work (issue 14, acceptance 3): ``longcot train --dry-run`` rejects every kind of mistake
+with one message that names the file/line or override and the key, and no traceback; every shipped recipe passes.
+"""
+
+from pathlib import Path
+
+import pytest
+
+from longcot.cli import main
+from longcot.config import ConfigError, load_recipe
+from longcot.config.validate import validate_recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = str(ROOT / "recipes" / "tiny" / "arith-moe.yaml")
+
+
+def dry_run(capsys, *overrides: str) -> tuple[int, str]:
+    rc = main(["train", RECIPE, *overrides, "--dry-run"])
+    return rc, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("override, key, says", [
+    ("rewards=[{name: mathh}]", "rewards[0].name", "unknown reward 'mathh' (did you mean 'math'?)"),
+    ("rewards=[{name: math, options: {fallbak: text}}]", "rewards[0].options",
+     "unknown option 'fallbak' (did you mean 'fallback'?)"),
+    ("rewards=[{name: math, options: {fallback: txt}}]", "rewards[0].options", "fallback must be 'none' or 'text'"),
+    ("rl.loss.options={clip_hihg: 0.3}", "rl.loss.options", "unknown option 'clip_hihg' (did you mean 'clip_high'?)"),
+    ("rl.loss={name: gspo, options: {variant: seq}}", "rl.loss.options", "variant must be 'sequence' or 'token'"),
+    ("rl.loss.name=ppo_clp", "rl.loss.name", "unknown policy loss 'ppo_clp' (did you mean 'ppo_clip'?)"),
+    ("rl.advantage.options={epss: 1e-6}", "rl.advantage.options", "unknown option 'epss' (did you mean 'eps'?)"),
+    ("rl.advantage.name=grop", "rl.advantage.name", "unknown advantage estimator 'grop' (did you mean 'grpo'?)"),
+    ("rl.aggregation=token_mean", "rl.aggregation", "unknown aggregation 'token_mean' (did you mean 'token-mean'?)"),
+    ("data.sampler_options={flor: 0.1}", "data.sampler_options", "unknown option 'flor'"),
+    ("data.sampler=prioritised", "data.sampler", "unknown sampler 'prioritised' (did you mean 'prioritized'?)"),
+    ("data.task=arithm", "data.task", "unknown task 'arithm' (did you mean 'arith'?)"),
+    ("data.task_options={parts: 3}", "data.task_options", "takes no task_options"),
+    ("model.path=runs/no/such/model", "model.path", "model path does not exist: runs/no/such/model"),
+    ("rl.length_penalty_warmup=5", "rl.length_penalty_warmup", "'k15_length', which is not one of the recipe's"),
+])
+def test_dry_run_rejects_naming_the_key(capsys, override, key, says):
+    rc, err = dry_run(capsys, override)
+    assert rc == 2
+    assert f"override '{override}': '{key}': " in err and says in err, err
+    assert "Traceback" not in err
+
+
+def test_dry_run_rejects_a_missing_data_file(capsys):
+    rc, err = dry_run(capsys, "data.task=dataset", "data.source=no/such/problems.jsonl")
+    assert rc == 2 and "'data.source': data file not found: no/such/problems.jsonl" in err
+
+
+@pytest.mark.parametrize("sampling", [["rollout.top_p=0.9"], ["rollout.top_k=20"]])
+@pytest.mark.parametrize("reader", [["rl.tis_cap=2.0"], ["rl.kl_coef=0.01", "rl.kl_in=reward"]])
+def test_dry_run_rejects_truncated_sampling_with_engine_logprobs(capsys, sampling, reader):
+    rc, err = dry_run(capsys, *sampling, *reader)
+    key = sampling[0].split("=")[0]
+    assert rc == 2 and f"'{key}': top_p=" in err and "biased" in err
+    assert (reader[0].split("=")[0] if len(reader) == 1 else "rl.kl_in=reward") in err
+
+
+def test_truncated_sampling_alone_is_allowed(capsys):
+    rc, err = dry_run(capsys, "rollout.top_p=0.9")
+    assert rc == 0, err
+
+
+def test_all_problems_are_reported_at_once_with_file_and_line(tmp_path, capsys):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"base: {RECIPE}\nrewards:\n  - name: mathh\nrl:\n"
+                      "  loss: {name: ppo_clip, options: {x: 1}}\n")
+    rc = main(["train", str(recipe), "--dry-run"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "2 problems in the recipe" in err
+    assert f"{recipe}:3: 'rewards[0].name'" in err and f"{recipe}:5: 'rl.loss.options'" in err
+
+
+def test_every_shipped_recipe_validates():
+    for path in sorted((ROOT / "recipes" / "tiny").glob("*.yaml")):
+        validate_recipe(load_recipe(path))  # raises ConfigError naming the problem
+
+
+def test_validation_runs_in_train_too():
+    """Python callers of pipeline.train get the same checks, before any work."""
+    from longcot.pipeline import train
+
+    with pytest.raises(ConfigError, match="unknown task 'arithm'"):
+        train(load_recipe(RECIPE, ["data.task=arithm", "out_dir=/nonexistent/never/created"]))
+    assert not Path("/nonexistent/never/created").exists()
+
+
+def test_reward_modules_from_the_cwd_and_by_path(tmp_path, monkeypatch, capsys):
+    (tmp_path / "validate_rewards_mod.py").write_text(
+        "from longcot.rewards import reward\n\n@reward('test_shortish')\ndef shortish(sample, *, limit: int = 5):\n"
+        "    return float(len(sample.response_text) <= limit)\n")
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "extra.py").write_text("def longish(sample):\n"
+                                               "    return float(len(sample.response_text) > 5)\n")
+    monkeypatch.chdir(tmp_path)
+    rc, err = dry_run(capsys, "reward_modules=[validate_rewards_mod]",
+                      "rewards=[{name: test_shortish, options: {limit: 3}}, {name: 'lib/extra.py:longish'}]")
+    assert rc == 0, err
+    rc, err = dry_run(capsys, "reward_modules=[myrewardz]")
+    assert rc == 2 and "'reward_modules[0]': cannot import module 'myrewardz'" in err
+    rc, err = dry_run(capsys, "rewards=[{name: test_shortish, options: {limt: 3}}]",
+                      "reward_modules=[validate_rewards_mod]")
+    assert rc == 2 and "unknown option 'limt' (did you mean 'limit'?)" in err
+
+
+def test_version_and_python_m(capsys):
+    import subprocess
+    import sys
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.startswith("longcot ")
+    out = subprocess.run([sys.executable, "-m", "longcot", "--version"], capture_output=True, text=True,
+                         env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"}, timeout=120)
+    assert out.returncode == 0 and out.stdout.startswith("longcot ")
+
+
+def test_dry_run_prints_the_resolved_recipe(capsys):
+    rc = main(["train", RECIPE, "seed=3", "--dry-run"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "name: arith-moe\nseed: 3\n" in out and "reward_modules: []" in out

@@ -65,7 +65,7 @@ def test_trl_dpo_trains_on_the_pairs_and_prefers_the_short_answers(long_ckpt, tm
     margin = lambda m: sum(sequence_logp(m, tok, p["prompt"], p["chosen"]) -
                            sequence_logp(m, tok, p["prompt"], p["rejected"]) for p in pairs) / len(pairs)
     before = margin(model)
-    metrics = run_dpo(model, tok, pairs, tmp_path / "dpo", beta=0.1, loss_type="sigmoid", lr=5e-4, epochs=1,
+    metrics = run_dpo(model, tok, pairs, tmp_path / "dpo", beta=0.1, loss_type=["sigmoid"], lr=5e-4, epochs=1,
                       batch_size=8, max_steps=4)
     assert metrics["train_loss"] > 0 and "rewards/margins" in metrics
     assert margin(model) > before + 1.0  # the short answers gained log-probability against the rejected ones

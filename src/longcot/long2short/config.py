@@ -78,7 +78,10 @@ class DPOConfig:
     """Preference pairs from the samples (``long2short.dpo.build_pairs``) and TRL's DPOTrainer settings."""
 
     beta: float = 0.1
-    loss_type: str = "sigmoid"  # any of TRL's DPO loss types
+    # TRL's DPO loss types, summed with loss_weights (default 1 each): ["sigmoid"] is DPO; ["sigmoid", "sft"] adds
+    # the chosen responses' NLL (RPO), which keeps their likelihood from falling with the rejected ones'
+    loss_type: list[str] = field(default_factory=lambda: ["sigmoid"])
+    loss_weights: list[float] | None = None
     # rejected candidates: correct responses at least long_ratio x the chosen (shortest correct) length, and
     # wrong responses chosen by `wrong`: "longer" (longer than the chosen; k1.5), "any", or "none"
     long_ratio: float = 1.5
@@ -87,6 +90,9 @@ class DPOConfig:
     train: DPOTrainConfig = field(default_factory=DPOTrainConfig)
 
     def __post_init__(self) -> None:
+        if self.loss_weights is not None and len(self.loss_weights) != len(self.loss_type):
+            raise ValueError(f"long2short.dpo: {len(self.loss_weights)} loss_weights for {len(self.loss_type)} "
+                             f"loss types {self.loss_type}")
         if self.long_ratio < 1.0 or self.pairs_per_problem < 1 or self.beta <= 0:
             raise ValueError("long2short.dpo: need long_ratio >= 1, pairs_per_problem >= 1 and beta > 0 "
                              f"(got {self.long_ratio}, {self.pairs_per_problem}, {self.beta})")

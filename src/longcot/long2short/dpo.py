@@ -64,9 +64,10 @@ def pair_stats(pairs: list[dict]) -> dict:
             "rejected_tokens_mean": sum(p["rejected_tokens"] for p in pairs) / n}
 
 
-def run_dpo(model, tokenizer, pairs: list[dict], out_dir: str | Path, *, beta: float, loss_type: str, lr: float,
-            epochs: float, batch_size: int, warmup_ratio: float = 0.05, weight_decay: float = 0.0, seed: int = 0,
-            max_length: int = 1024, max_steps: int = -1) -> dict:
+def run_dpo(model, tokenizer, pairs: list[dict], out_dir: str | Path, *, beta: float, loss_type: list[str],
+            lr: float, epochs: float, batch_size: int, loss_weights: list[float] | None = None,
+            warmup_ratio: float = 0.05, weight_decay: float = 0.0, seed: int = 0, max_length: int = 1024,
+            max_steps: int = -1) -> dict:
     """Train ``model`` in place with TRL's DPOTrainer on ``pairs`` and save it (HF format) to ``out_dir``.
 
     Returns TRL's training metrics plus the last logged reward accuracy and margin (how often, and by how much,
@@ -83,8 +84,8 @@ def run_dpo(model, tokenizer, pairs: list[dict], out_dir: str | Path, *, beta: f
         output_dir=str(out_dir / "trl"), learning_rate=lr, num_train_epochs=epochs, max_steps=max_steps,
         per_device_train_batch_size=batch_size, warmup_steps=warmup_ratio, weight_decay=weight_decay,
         lr_scheduler_type="cosine", logging_steps=10, save_strategy="no", report_to=[], seed=seed,
-        beta=beta, loss_type=[loss_type], max_length=max_length, use_cpu=True, dataloader_num_workers=0,
-        bf16=False, fp16=False, gradient_checkpointing=False,
+        beta=beta, loss_type=list(loss_type), loss_weights=loss_weights, max_length=max_length, use_cpu=True,
+        dataloader_num_workers=0, bf16=False, fp16=False, gradient_checkpointing=False,
         # as in the SFT warm-up (longcot.rl.sft): transformers' Qwen3-MoE load-balancing loss breaks on padded
         # batches, so DPO runs without the auxiliary loss
         router_aux_loss_coef=0.0,

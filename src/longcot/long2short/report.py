@@ -57,12 +57,13 @@ def table_rows(runs: list[dict]) -> list[dict]:
 def markdown_table(rows: list[dict]) -> str:
     lines = ["| run | method | seed | accuracy (avg@n) | vs long (points) | correct length (tokens) | vs long | "
              "all responses (tokens) |", "|---|---|---|---|---|---|---|---|"]
+    fmt = lambda v, spec: "-" if v is None else format(v, spec)
     for r in rows:
-        change = r.get("correct_len_change")
-        acc = r.get("accuracy_change")
+        change, acc = r.get("correct_len_change"), r.get("accuracy_change")
         lines.append(f"| {r['name']} | {r['method']} | {r['seed']} | {r['accuracy']:.3f} | "
-                     f"{'' if acc is None else f'{100 * acc:+.1f}'} | {r['correct_len_mean']:.1f} | "
-                     f"{'' if change is None else f'{100 * change:+.0f}%'} | {r['response_len_mean']:.1f} |")
+                     f"{fmt(None if acc is None else 100 * acc, '+.1f')} | {fmt(r['correct_len_mean'], '.1f')} | "
+                     f"{fmt(None if change is None else 100 * change, '+.0f')}{'' if change is None else '%'} | "
+                     f"{fmt(r['response_len_mean'], '.1f')} |")
     return "\n".join(lines)
 
 
@@ -74,7 +75,7 @@ def plot_efficiency(rows: list[dict], out_png: str | Path, title: str = "long2sh
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7.0, 4.6))
-    for r in rows:
+    for r in (r for r in rows if r["correct_len_mean"] is not None):  # a model with no correct answer has no x
         x, y = r["correct_len_mean"], r["accuracy"]
         if r["method"] in ("long", "short"):
             ax.plot(x, y, "*", ms=16, color="black" if r["method"] == "long" else "grey", zorder=3)

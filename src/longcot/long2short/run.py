@@ -53,9 +53,11 @@ def eval_summary(ev: dict | None) -> dict | None:
 def result_block(recipe: Recipe, evals: dict[str, dict], result_model: str, details: dict) -> dict:
     """The run's ``long2short`` summary: method, models, the evals, and the change against the long model."""
     long, result = evals["long"], evals["result"]
+    lengths = (result["correct_len_mean"], long["correct_len_mean"])
     block = {"method": recipe.long2short.method, "seed": recipe.seed, "long_model": recipe.long2short.long_model,
              "result_model": result_model, **{k: eval_summary(v) for k, v in evals.items()},
-             "correct_len_change": result["correct_len_mean"] / long["correct_len_mean"] - 1.0,
+             # None when either model got nothing right (no correct response to measure)
+             "correct_len_change": lengths[0] / lengths[1] - 1.0 if None not in lengths else None,
              "accuracy_change": result["accuracy"] - long["accuracy"]}
     block.update(details)
     return block
@@ -154,9 +156,9 @@ def method_dpo(s: Session) -> tuple[str, dict]:
     with open(s.run.root / "pairs.jsonl", "w") as f:
         f.writelines(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs)
     model, t, out = s.long_policy(), cfg.train, s.run.checkpoint("dpo")
-    metrics = dpo.run_dpo(model, s.tokenizer, pairs, out, beta=cfg.beta, loss_type=cfg.loss_type, lr=t.lr,
-                          epochs=t.epochs, batch_size=t.batch_size, warmup_ratio=t.warmup_ratio,
-                          weight_decay=t.weight_decay, seed=s.recipe.seed)
+    metrics = dpo.run_dpo(model, s.tokenizer, pairs, out, beta=cfg.beta, loss_type=cfg.loss_type,
+                          loss_weights=cfg.loss_weights, lr=t.lr, epochs=t.epochs, batch_size=t.batch_size,
+                          warmup_ratio=t.warmup_ratio, weight_decay=t.weight_decay, seed=s.recipe.seed)
     s.evaluate("result", model)
     return str(out), {"pairs": dpo.pair_stats(pairs), "dpo": metrics}
 

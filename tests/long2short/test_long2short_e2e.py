@@ -20,23 +20,24 @@ from longcot.rl.sft import run_sft
 
 ROOT = Path(__file__).resolve().parents[2]
 # toy sizes for every command run: few problems, short budgets
-TOY = ["data.num_train=300", "data.num_heldout=8", "eval.num_problems=8", "eval.n=2", "eval.max_tokens=48",
+TOY = ["data.num_train=300", "data.num_heldout=8", "eval.num_problems=8", "eval.n=2", "eval.max_tokens=64",
        "threads=1"]
 
 
-def arith_rows(n, seed=0):
+def arith_rows(n, seed=0, recheck_prob=1.0):
     rng = random.Random(seed)
-    return [make_problem(rng, ArithSpec(1, 2, 9, recheck_prob=1.0, ops="+-")) for _ in range(n)]
+    return [make_problem(rng, ArithSpec(1, 2, 9, recheck_prob=recheck_prob, ops="+-")) for _ in range(n)]
 
 
 @pytest.fixture(scope="module")
 def long_ckpt(tmp_path_factory):
-    """A tiny MoE fine-tuned for a moment on re-check traces: a real checkpoint that writes steps and stops."""
+    """A 2-layer tiny MoE fine-tuned for 64 steps on re-check traces (~15 s): a real checkpoint that writes steps,
+    re-checks and boxed answers (mostly wrong ones) and stops."""
     root = tmp_path_factory.mktemp("l2s")
-    path = build_tiny_moe(root / "init", seed=0)
+    path = build_tiny_moe(root / "init", seed=0, num_hidden_layers=2)
     model, tok = load_policy(path), load_tokenizer(path)
-    pairs = [(f"Q: {r['problem']}\n", r["solution"]) for r in arith_rows(384)]
-    run_sft(model, tok, pairs, root / "long", lr=5e-3, epochs=1, batch_size=32)
+    pairs = [(f"Q: {r['problem']}\n", r["solution"]) for r in arith_rows(1024, recheck_prob=0.5)]
+    run_sft(model, tok, pairs, root / "long", lr=5e-3, epochs=1, batch_size=16)
     return root / "long"
 
 

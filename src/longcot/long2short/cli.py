@@ -36,9 +36,11 @@ def run_main(argv: list[str]) -> int:
     block = run_long2short(recipe)["long2short"]
     for label in ("long", "short", "result"):
         if block.get(label):
-            ev = block[label]
-            print(f"{label:>6}: accuracy {ev['accuracy']:.3f}, mean correct length {ev['correct_len_mean']:.1f} tokens")
-    print(f"correct length {100 * block['correct_len_change']:+.0f}%, accuracy "
+            ev, n = block[label], block[label]["correct_len_mean"]
+            print(f"{label:>6}: accuracy {ev['accuracy']:.3f}, mean correct length "
+                  f"{'- (nothing correct)' if n is None else f'{n:.1f} tokens'}")
+    change = block["correct_len_change"]
+    print(f"correct length {'-' if change is None else f'{100 * change:+.0f}%'}, accuracy "
           f"{100 * block['accuracy_change']:+.1f} points; model: {block['result_model']}")
     print(f"run directory: {recipe.out_dir}/{recipe.name}")
     return 0

@@ -46,16 +46,18 @@ def eval_summary(ev: dict | None) -> dict | None:
     """The three numbers of an evaluation the token-efficiency table needs."""
     if ev is None:
         return None
-    return {"accuracy": ev["accuracy"], "correct_len_mean": ev["correct_len_mean"],
+    # the eval reports 0.0 for the mean correct length when nothing was correct: no measurement, None here
+    return {"accuracy": ev["accuracy"], "correct_len_mean": ev["correct_len_mean"] if ev["accuracy"] > 0 else None,
             "response_len_mean": ev["response_len_mean"]}
 
 
 def result_block(recipe: Recipe, evals: dict[str, dict], result_model: str, details: dict) -> dict:
     """The run's ``long2short`` summary: method, models, the evals, and the change against the long model."""
-    long, result = evals["long"], evals["result"]
+    summaries = {k: eval_summary(v) for k, v in evals.items()}
+    long, result = summaries["long"], summaries["result"]
     lengths = (result["correct_len_mean"], long["correct_len_mean"])
     block = {"method": recipe.long2short.method, "seed": recipe.seed, "long_model": recipe.long2short.long_model,
-             "result_model": result_model, **{k: eval_summary(v) for k, v in evals.items()},
+             "result_model": result_model, **summaries,
              # None when either model got nothing right (no correct response to measure)
              "correct_len_change": lengths[0] / lengths[1] - 1.0 if None not in lengths else None,
              "accuracy_change": result["accuracy"] - long["accuracy"]}

@@ -40,6 +40,12 @@ def test_long_ratio_option():
         ["r3", "r2", "r1"]
 
 
+def test_a_repeated_text_is_one_candidate():
+    repeats = [rec(0, 10, True), {**rec(1, 30, True), "response": "same"}, {**rec(2, 30, True), "response": "same"},
+               rec(3, 20, True)]
+    assert [p["rejected"] for p in build_pairs(repeats, pairs_per_problem=5)] == ["same", "r3"]
+
+
 def test_problems_without_a_correct_sample_or_a_candidate_give_no_pair():
     no_correct = [rec(0, 5, False, pid="a"), rec(1, 9, False, pid="a")]
     no_candidate = [rec(0, 10, True, pid="b"), rec(1, 11, True, pid="b"), rec(2, 4, False, pid="b")]

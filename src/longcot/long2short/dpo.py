@@ -8,6 +8,8 @@ Pairs from the n graded samples of each problem (:func:`build_pairs`, the rule d
   or none (``"none"``);
 * cut-off samples (finish != "stop") are never used: they have no end, and TRL appends EOS to every completion,
   which would make a text the model did not write;
+* a text is a candidate once (n samples of a short problem repeat the same few texts; a repeat would only
+  weigh that pair more);
 * up to ``pairs_per_problem`` pairs per problem, longest candidates first (ties: lowest sample index), one
   chosen against each; problems without a correct sample or without a candidate give no pair.
 
@@ -37,7 +39,10 @@ def rejected_candidates(samples: list[dict], chosen: dict, *, long_ratio: float,
                 out.append(r)
         elif wrong == "any" or (wrong == "longer" and r["tokens"] > chosen["tokens"]):
             out.append(r)
-    return sorted(out, key=lambda r: (-r["tokens"], r["sample"]))
+    unique: dict[str, dict] = {}  # first (longest, lowest index) sample of each text, in that order
+    for r in sorted(out, key=lambda r: (-r["tokens"], r["sample"])):
+        unique.setdefault(r["response"], r)
+    return list(unique.values())
 
 
 def build_pairs(records: list[dict], *, long_ratio: float = 1.5, wrong: str = "longer",

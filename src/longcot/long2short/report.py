@@ -14,7 +14,10 @@ from pathlib import Path
 
 from longcot.plots import save_figure
 
-MARKERS = {"merge": "s", "shortest_rejection": "^", "dpo": "D", "rl": "o"}
+# method -> (marker, colour, legend label)
+STYLES = {"long": ("*", "black", "long model"), "short": ("*", "grey", "short model (merge input)"),
+          "merge": ("s", "C0", "merge"), "shortest_rejection": ("^", "C1", "shortest rejection sampling"),
+          "dpo": ("D", "C2", "DPO"), "rl": ("o", "C3", "long2short RL")}
 
 
 def read_run(run_dir: str | Path) -> dict:
@@ -50,7 +53,7 @@ def table_rows(runs: list[dict]) -> list[dict]:
     for r in runs:
         out.append({"name": r["name"], "method": r["method"], "seed": r["seed"], "model": r["result_model"],
                     **r["result"], "correct_len_change": r["correct_len_change"],
-                    "accuracy_change": r["accuracy_change"]})
+                    "accuracy_change": r["accuracy_change"], "long_weight": r.get("long_weight")})
     return out
 
 
@@ -68,25 +71,28 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def plot_efficiency(rows: list[dict], out_png: str | Path, title: str = "long2short token efficiency") -> Path:
-    """Accuracy against mean correct-response length: one point per row, baselines as stars."""
+    """Accuracy against mean correct-response length, one point per row: a colour and marker per method (baselines
+    as stars), filled for seed 0 and open for other seeds; merge points carry their long-model weight."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.0, 4.6))
+    fig, ax = plt.subplots(figsize=(7.2, 4.8))
+    labelled = set()
     for r in (r for r in rows if r["correct_len_mean"] is not None):  # a model with no correct answer has no x
+        marker, color, label = STYLES.get(r["method"], ("x", "C7", r["method"]))
         x, y = r["correct_len_mean"], r["accuracy"]
-        if r["method"] in ("long", "short"):
-            ax.plot(x, y, "*", ms=16, color="black" if r["method"] == "long" else "grey", zorder=3)
-        else:
-            ax.plot(x, y, MARKERS.get(r["method"], "x"), ms=8, zorder=3)
-        ax.annotate(r["name"] if r["method"] not in ("long", "short") else f"{r['method']} (seed {r['seed']})",
-                    (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
+        ax.plot(x, y, marker, ms=15 if marker == "*" else 8, color=color, zorder=3,
+                markerfacecolor=color if r["seed"] == 0 else "none", label=None if label in labelled else label)
+        labelled.add(label)
+        if r.get("long_weight") is not None:
+            ax.annotate(f"w={r['long_weight']:g}", (x, y), textcoords="offset points", xytext=(6, -10), fontsize=8)
     ax.set_xlabel("mean length of correct held-out responses (tokens)")
     ax.set_ylabel("held-out accuracy")
-    ax.set_title(title)
+    ax.set_title(f"{title} (open markers: seed 1)" if any(r["seed"] for r in rows) else title)
     ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
     return save_figure(fig, out_png, dpi=120)
 
 

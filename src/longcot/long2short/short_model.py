@@ -1,9 +1,9 @@
 """The short-CoT model that ``merge`` averages with the long one, when the recipe does not name one.
 
 It is the long model fine-tuned (TRL's SFTTrainer, ``longcot.rl.sft.run_sft``) on training traces without their
-redundant re-check lines: the same solver, the same problems, only the re-checking gone. Fine-tuning from the
-long model keeps the two in one basin, which is what makes their average a model at all (two independently
-trained tiny models averaged are noise). The held-out problems never appear (training rows only).
+redundant re-check lines: the same solver, the same problems, only the re-checking gone. Weight averaging is
+known to work between fine-tunes of one parent (model soups), hence a fine-tune of the long model rather than a
+second model from the random init. The held-out problems never appear (training rows only).
 """
 
 from __future__ import annotations

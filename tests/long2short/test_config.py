@@ -23,7 +23,7 @@ def test_the_tiny_recipes_load_and_share_the_long_models_data(recipe):
 @pytest.mark.parametrize("override, match", [
     ("long2short.method=distill", "expected one of"),
     ("long2short.merge.long_weight=1.5", "long_weight must be in"),
-    ("long2short.dpo.loss_weights=[1.0, 2.0]", "2 loss_weights for 1 loss types"),
+    ("long2short.dpo.loss_weights=[1.0]", "1 loss_weights for 2 loss types"),
     ("long2short.dpo.long_ratio=0.5", "long_ratio >= 1"),
     ("long2short.samples.n=0", "num_problems, n"),
     ("long2short.sft.lr=0", "lr > 0"),

@@ -92,7 +92,8 @@ def plot_efficiency(rows: list[dict], out_png: str | Path, title: str = "long2sh
     ax.set_ylabel("held-out accuracy")
     ax.set_title(f"{title} (open markers: seed 1)" if any(r["seed"] for r in rows) else title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+    if labelled:
+        ax.legend(fontsize=8, loc="best")
     return save_figure(fig, out_png, dpi=120)
 
 

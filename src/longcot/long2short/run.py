@@ -76,7 +76,10 @@ class Session:
         self.tokenizer = load_tokenizer(self.cfg.long_model)
         self.task = build_task(recipe.data)
         budget = max(recipe.eval.max_tokens, self.cfg.samples.max_tokens)
-        longest_prompt = max(len(self.task.prompt(r, self.tokenizer).prompt_ids) for r in self.task.heldout)
+        rows = list(self.task.heldout)
+        if self.cfg.method in ("shortest_rejection", "dpo"):  # and the training problems it will sample
+            rows += samples.pick_problems(self.task.train, self.cfg.samples.num_problems, recipe.seed)
+        longest_prompt = max(len(self.task.prompt(r, self.tokenizer).prompt_ids) for r in rows)
         self.engine = build_engine(recipe.rollout.engine, self.cfg.long_model, self.tokenizer, seed=recipe.seed,
                                    max_model_len=max(recipe.rollout.max_model_len, longest_prompt + budget),
                                    **recipe.rollout.engine_options)

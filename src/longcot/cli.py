@@ -1,4 +1,4 @@
-"""``longcot`` command line: train | eval | score | report | rewards list.
+"""``longcot`` command line: train | eval | score | report | rewards list | long2short.
 
 Each subcommand lives in the module that owns it; this file only dispatches, so ``longcot --help`` stays
 fast (no torch import).
@@ -18,6 +18,8 @@ commands:
   score --data F --rewards N     grade existing generations with registered rewards
   report RUN_DIR                 summarise a run: evals, time breakdown per step, curves
   rewards list                   list registered reward functions
+  long2short RECIPE [key=value]  a short-CoT model from a long-CoT checkpoint (merge | shortest_rejection | dpo | rl)
+  long2short report RUN_DIR...   token-efficiency table and plot of long2short runs
 """
 
 
@@ -91,6 +93,10 @@ def _dispatch(cmd: str, rest: list[str]) -> int:
         from longcot.report import main as report_main
 
         return report_main(rest)
+    if cmd == "long2short":
+        from longcot.long2short.cli import main as long2short_main
+
+        return long2short_main(rest)
     if cmd == "rewards":
         if rest[:1] != ["list"]:
             print("usage: longcot rewards list", file=sys.stderr)
@@ -100,8 +106,8 @@ def _dispatch(cmd: str, rest: list[str]) -> int:
         return list_main(rest[1:])
     from longcot.registry import did_you_mean
 
-    print(f"longcot: unknown command '{cmd}'{did_you_mean(cmd, ['train', 'eval', 'score', 'report', 'rewards'])}\n"
-          f"\n{USAGE}", file=sys.stderr)
+    commands = ["train", "eval", "score", "report", "rewards", "long2short"]
+    print(f"longcot: unknown command '{cmd}'{did_you_mean(cmd, commands)}\n\n{USAGE}", file=sys.stderr)
     return 2
 
 

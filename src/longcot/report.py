@@ -12,6 +12,7 @@ import statistics
 from pathlib import Path
 
 from longcot.jsonl import read_jsonl
+from longcot.plots import save_figure
 
 CURVES = (("reward_mean", "reward"), ("accuracy", "train accuracy"), ("response_len_mean", "response length (tokens)"))
 
@@ -52,12 +53,7 @@ def plot_metric_grid(rows: list[dict], curves: tuple[tuple[str, str], ...], out_
         ax.set_title(title)
         ax.set_xlabel("RL step")
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out_png)
 
 
 def time_breakdown(rows: list[dict]) -> dict[str, dict[str, float]]:

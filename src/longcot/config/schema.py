@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from longcot.long2short.config import Long2ShortConfig
 from longcot.rewards.registry import RewardSpec
 
 
@@ -212,6 +213,7 @@ class Recipe:
     eval: EvalConfig = field(default_factory=EvalConfig)
     partial: PartialConfig = field(default_factory=PartialConfig)
     agents: AgentsConfig = field(default_factory=AgentsConfig)
+    long2short: Long2ShortConfig = field(default_factory=Long2ShortConfig)  # `longcot long2short` (docs/long2short.md)
 
     def __post_init__(self) -> None:
         if self.rollout.n < 1 or self.rl.prompts_per_step < 1:

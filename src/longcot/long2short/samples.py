@@ -1,0 +1,114 @@
+"""The long model's graded samples on training problems: what shortest rejection sampling and DPO learn from.
+
+``n`` samples per problem from the rollout engine (vLLM), graded by the recipe's ``rewards`` (the same registry
+and worker pools as training). One JSON line per sample in ``samples.jsonl``:
+``{"id", "sample", "prompt", "response", "tokens", "finish", "correct", "reward", "rewards"}``, with the settings
+that produced them in ``samples_meta.json`` beside it, so a second run can reuse them only when they match.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from longcot.config import Recipe
+from longcot.jsonl import read_jsonl
+from longcot.rewards.registry import compute_rewards, prepare_rewards
+from longcot.rollout.base import SamplingConfig
+
+log = logging.getLogger(__name__)
+
+
+def sample_meta(recipe: Recipe) -> dict:
+    """What determines the samples: compared field by field before a run reuses another run's samples."""
+    cfg = recipe.long2short
+    s = cfg.samples
+    return {"long_model": str(Path(cfg.long_model).resolve()), "n": s.n, "temperature": s.temperature,
+            "max_tokens": s.max_tokens or recipe.eval.max_tokens, "num_problems": s.num_problems,
+            "seed": recipe.seed, "data_seed": recipe.data.seed, "correctness": cfg.correctness,
+            "rewards": [r.name for r in recipe.rewards]}
+
+
+def pick_problems(rows: list[dict], k: int, seed: int) -> list[dict]:
+    """A seeded random subset of ``k`` training rows (all of them when there are fewer)."""
+    if k >= len(rows):
+        return list(rows)
+    return random.Random(f"long2short-{seed}").sample(rows, k)
+
+
+def draw_samples(engine, tokenizer, task, recipe: Recipe) -> list[dict]:
+    """Sample, grade and return the records (in problem order, then sample index)."""
+    cfg = recipe.long2short
+    s = cfg.samples
+    rows = pick_problems(task.train, s.num_problems, recipe.seed)
+    prompts = [task.prompt(r, tokenizer) for r in rows]
+    sampling = SamplingConfig(n=s.n, temperature=s.temperature, max_tokens=s.max_tokens or recipe.eval.max_tokens,
+                              seed=recipe.seed, logprobs=False)
+    prepare_rewards(recipe.rewards)
+    records: list[dict] = []
+    bar = tqdm(total=len(prompts), desc="long2short samples", unit="problem", dynamic_ncols=True,
+               disable=os.environ.get("LONGCOT_NO_PROGRESS") == "1")
+    for start in range(0, len(prompts), s.chunk_problems):
+        chunk = prompts[start:start + s.chunk_problems]
+        trajs = engine.generate(chunk, sampling, group_tag="")
+        compute_rewards(trajs, recipe.rewards)
+        records.extend(to_records(trajs, {p.prompt_id: p.prompt_text for p in chunk}, cfg.correctness))
+        bar.update(len(chunk))
+    bar.close()
+    return records
+
+
+def to_records(trajs, prompt_text: dict[str, str], correctness: str) -> list[dict]:
+    """One record per trajectory; ``correct`` is the ``correctness`` reward component > 0.5."""
+    counts: dict[str, int] = {}
+    out = []
+    for t in trajs:
+        if correctness not in t.rewards:
+            raise KeyError(f"long2short.correctness: '{correctness}' is not a component of the recipe's rewards "
+                           f"(components: {sorted(t.rewards)})")
+        i = counts.get(t.prompt_id, 0)
+        counts[t.prompt_id] = i + 1
+        out.append({"id": t.prompt_id, "sample": i, "prompt": prompt_text[t.prompt_id], "response": t.response_text,
+                    "tokens": len(t.response_ids), "finish": t.finish, "correct": t.rewards[correctness] > 0.5,
+                    "reward": t.reward, "rewards": dict(t.rewards)})
+    return out
+
+
+def write_samples(records: list[dict], meta: dict, run_root: Path) -> Path:
+    path = run_root / "samples.jsonl"
+    with open(path, "w") as f:
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    (run_root / "samples_meta.json").write_text(json.dumps(meta, indent=2))
+    return path
+
+
+def load_samples(path: str | Path, meta: dict) -> list[dict]:
+    """Records of another run's ``samples.jsonl``, after checking that they are the samples this recipe asks for."""
+    path = Path(path)
+    meta_path = path.parent / "samples_meta.json"
+    if not path.is_file() or not meta_path.is_file():
+        raise FileNotFoundError(f"long2short.samples.reuse: need {path} and {meta_path} (written by a "
+                                "shortest_rejection or dpo run)")
+    theirs = json.loads(meta_path.read_text())
+    diff = {k: (theirs.get(k), v) for k, v in meta.items() if theirs.get(k) != v}
+    if diff:
+        raise ValueError(f"long2short.samples.reuse: {path} was drawn with other settings "
+                         f"(key: theirs, this recipe): {diff}")
+    return read_jsonl(path)
+
+
+def sample_stats(records: list[dict]) -> dict:
+    """Accuracy and lengths of the samples (what rejection sampling and DPO start from)."""
+    correct = [r for r in records if r["correct"]]
+    problems = {r["id"] for r in records}
+    solved = {r["id"] for r in correct}
+    return {"samples": len(records), "problems": len(problems), "accuracy": len(correct) / max(len(records), 1),
+            "problems_solved": len(solved),
+            "tokens_mean": sum(r["tokens"] for r in records) / max(len(records), 1),
+            "correct_tokens_mean": sum(r["tokens"] for r in correct) / max(len(correct), 1)}

@@ -57,14 +57,20 @@ def test_packed_equals_padded(model):
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-3)
 
 
-def test_uneven_groups_and_an_empty_response_equal_padded(model):
+@pytest.mark.parametrize("route", ["masked", "causal"])
+def test_uneven_groups_and_an_empty_response_equal_padded(model, monkeypatch, route):
     """Groups of different sizes, prompts of different lengths (padding inside the per-prompt and
     per-response attention blocks), one response with no tokens: log-probs, entropies and gradients still
-    match the padded layout."""
+    match the padded layout, on both attention routes (past the mask cap: one is_causal sdpa per sequence and
+    no mask, linear memory)."""
+    import longcot.rl.batch as batch_mod
+
     trajs = groups_of([4, 3, 1, 2])
     trajs.insert(2, Trajectory("p0", "p0@0", list(trajs[0].prompt_ids), [], []))
-    b = collate(trajs, pad_id=0)
-    assert b.packed is not None and b.packed.query_index.shape[0] == len(trajs) - 1
+    if route == "causal":
+        monkeypatch.setattr(batch_mod, "pack_trajectories", lambda ts, T: pack_trajectories(ts, T, mask_cap=1))
+    b = batch_mod.collate(trajs, pad_id=0)
+    assert b.packed.route == route and b.packed.query_index.shape[0] == len(b.packed.spans) == len(trajs) - 1
     lp1, e1, g1 = loss_and_grads(model, b)
     lp2, e2, g2 = loss_and_grads(model, collate(trajs, pad_id=0, pack=False))
     m = b.mask > 0
@@ -73,10 +79,10 @@ def test_uneven_groups_and_an_empty_response_equal_padded(model):
         assert torch.allclose(a, c, atol=1e-5, rtol=1e-3)
 
 
-def test_mask_memory_cap_and_group_order():
+def test_mask_cap_picks_the_route_and_group_order():
     trajs = groups_of([3, 3])
-    assert pack_trajectories(trajs, T=12, max_tokens=10) is None  # masks of > 100 entries
-    assert pack_trajectories(trajs, T=12, max_tokens=1000) is not None
+    assert pack_trajectories(trajs, T=12, mask_cap=10).route == "causal"  # masks of > 100 entries: none built
+    assert pack_trajectories(trajs, T=12, mask_cap=1000).route == "masked"
     shuffled = [trajs[i] for i in (0, 3, 1, 4, 2, 5)]
     chunks = group_ordered_chunks(shuffled, 4)
     assert [t.group_id for t in chunks[0]] == ["p0@0"] * 3 + ["p1@0"] and len(chunks[1]) == 2
@@ -102,8 +108,9 @@ def test_layout_and_mask():
 
 
 def test_falls_back_to_padding(model, tmp_path):
+    """A model that cannot take the packed row (router aux loss needs the 2D mask) gets padded batches."""
     trajs = groups_of([3])
-    assert pack_trajectories(trajs, T=12, max_tokens=5) is None  # masks too large: padded path
+    assert pack_trajectories([Trajectory("x", "x", [], [5], [0.0])], T=1) is None  # nothing predicts token 0
     aux = load_policy(build_tiny_moe(tmp_path / "aux", num_hidden_layers=1, output_router_logits=True))
     assert can_pack(model) and not can_pack(aux)
     b = collate(trajs, pad_id=0)

@@ -171,9 +171,11 @@ def _causal_route(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pk: Packed,
     gqa = k.shape[1] != q.shape[1]
 
     def causal(qs: torch.Tensor, ks: torch.Tensor, vs: torch.Tensor) -> torch.Tensor:  # [n, H, D] each
-        out = F.scaled_dot_product_attention(qs.transpose(0, 1), ks.transpose(0, 1), vs.transpose(0, 1),
-                                             is_causal=True, dropout_p=dropout, scale=scaling, enable_gqa=gqa)
-        return out.transpose(0, 1)
+        # 4D [1, H, n, D]: sdpa takes its flash kernel for 4D inputs only (3D goes to the O(n^2) math kernel)
+        q4, k4, v4 = (x.transpose(0, 1).unsqueeze(0) for x in (qs, ks, vs))
+        out = F.scaled_dot_product_attention(q4, k4, v4, is_causal=True, dropout_p=dropout, scale=scaling,
+                                             enable_gqa=gqa)
+        return out[0].transpose(0, 1)
 
     pieces = [(s, causal(q[s:s + n], k[s:s + n], v[s:s + n])) for s, n in pk.prompts]
     for p0, n_p, r0, n_r in pk.spans:

@@ -23,6 +23,7 @@ from longcot.rl.remote import make_learner
 from longcot.rl.sync_check import check_weight_sync
 from longcot.rl.timing import StepTimer
 from longcot.rollout.base import Engine, Prompt, SamplingConfig
+from longcot.rollout.colocate import engine_memory_released
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,8 @@ class RLTrainer:
     def train_on(self, trajs: list[Trajectory], step: int, timer: StepTimer) -> dict:
         """Update the policy on a scored batch, then publish the new weights to the engine. A skipped update
         (nothing to train on) changes no weights: no new version, no sync, no warm-up step."""
-        metrics = self.learner.update(trajs, timer)
+        with engine_memory_released(self.engine):  # vLLM sleep mode on a shared GPU; a no-op on CPU
+            metrics = self.learner.update(trajs, timer)
         if metrics.get("skipped_update"):
             return metrics
         with timer.phase("weight_sync"):

@@ -33,8 +33,8 @@ def batch(seed: int) -> list[Trajectory]:
     return out
 
 
-def train_two_steps(path, strategy: str, ranks: int, load_state: dict | None = None) -> dict:
-    recipe = load_recipe(None, [f"trainer.strategy={strategy}", f"trainer.ranks={ranks}", *OVERRIDES])
+def train_two_steps(path, strategy: str, ranks: int, load_state: dict | None = None, extra: tuple = ()) -> dict:
+    recipe = load_recipe(None, [f"trainer.strategy={strategy}", f"trainer.ranks={ranks}", *OVERRIDES, *extra])
     learner = make_learner(load_policy(path), load_tokenizer(path), recipe)
     try:
         first = learner.update(batch(0))
@@ -67,8 +67,10 @@ def single(policy):
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_two_ranks_train_to_the_single_rank_weights(policy, single, strategy):
     """Same updated weights (<= 1e-5) and loss after two steps; the optimizer state gathered from the ranks
-    equals single's and loads back across strategies (the second step starts from single's state)."""
-    got = train_two_steps(policy, strategy, 2, load_state=single["state"])
+    equals single's and loads back across strategies (the second step starts from single's state). fsdp runs
+    with activation checkpointing (recomputing gives the same numbers), which also covers FSDP2 + HF checkpointing."""
+    extra = ("rl.gradient_checkpointing=true",) if strategy == "fsdp" else ()
+    got = train_two_steps(policy, strategy, 2, load_state=single["state"], extra=extra)
     assert got["learner"] is RemoteLearner and got["version"] == got["updates"] == 2
     assert set(got["weights"]) == set(single["weights"])
     assert max((w - single["weights"][n]).abs().max().item() for n, w in got["weights"].items()) <= 1e-5
@@ -85,3 +87,16 @@ def test_two_ranks_train_to_the_single_rank_weights(policy, single, strategy):
             assert torch.allclose(s1["state"][k][key], s2["state"][k][key], atol=1e-7, rtol=1e-4)
     for a, b in zip(single["ref"] + single["pol"], got["ref"] + got["pol"], strict=True):
         assert a == pytest.approx(b, abs=1e-5)
+
+
+@pytest.mark.slow
+def test_bf16_mixed_trains_alike_on_every_strategy(policy):
+    """bf16 compute (autocast for single, FSDP2's mixed-precision policy for fsdp), float32 master weights: the
+    same loss to bf16 accuracy, and the weights stay float32."""
+    single = train_two_steps(policy, "single", 1, extra=("trainer.precision=bf16-mixed",))
+    fsdp = train_two_steps(policy, "fsdp", 2, extra=("trainer.precision=bf16-mixed",))
+    for step in ("first", "second"):
+        assert fsdp[step]["loss"] == pytest.approx(single[step]["loss"], rel=2e-2, abs=2e-3)
+    assert all(t.dtype == torch.float32 for t in fsdp["weights"].values())
+    diff = max((w - single["weights"][n]).abs().max().item() for n, w in fsdp["weights"].items())
+    assert diff < 5e-3, diff

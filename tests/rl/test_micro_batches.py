@@ -35,6 +35,7 @@ def test_every_micro_batch_fits_the_budget_and_a_long_response_stands_alone(pack
         assert len(c) <= 8
         assert batch_tokens(c, pack) <= 120 or len(c) == 1
     assert [len(c) for c in chunks if c[0].response_ids == [7] * 400] == [1]
+    assert micro_batches([], max_seqs=8, max_tokens=120, pack=pack) == []
 
 
 def test_packed_budget_counts_a_shared_prompt_once():

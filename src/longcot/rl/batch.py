@@ -263,7 +263,7 @@ def micro_batches(trajs: list[Trajectory], max_seqs: int, max_tokens: int = 0,
     """The trainer's micro-batches: at most ``max_seqs`` sequences and (if ``max_tokens`` > 0) at most
     ``max_tokens`` tokens each, as the forward will see them (:func:`batch_tokens`); a sequence longer than
     the budget is a micro-batch of its own. Group-ordered for the packed layout, length-sorted for padding."""
-    if not max_tokens:
+    if not max_tokens or not trajs:
         return group_ordered_chunks(trajs, max_seqs) if pack else length_sorted_chunks(trajs, max_seqs)
     order = group_ordered_chunks(trajs, len(trajs))[0] if pack else length_sorted_chunks(trajs, len(trajs))[0]
     chunks: list[list[Trajectory]] = []

@@ -5,7 +5,8 @@ micro-batch, the packed layout, the registered ppo_clip loss, AdamW), the exact 
 point runs in a fresh subprocess: the learner is built and warmed up with one short update (so the optimizer
 state exists), then the kernel's peak-RSS counter is reset (``/proc/self/clear_refs`` 5) and the measured update
 runs; ``step_peak_mib`` = peak RSS during the update - RSS before it (``VmHWM`` - ``VmRSS``, /proc/self/status).
-RSS, not torch's allocator statistics: torch keeps none for the CPU, and RSS is what the machine runs out of.
+RSS, not torch's allocator statistics: torch keeps none for the CPU, and RSS is what the machine runs out of
+(with glibc's mmap threshold fixed, so that freed tensors leave RSS: see ``run_point``).
 
 Variants (docs/benchmarks.md "Trainer memory"):
 - ``plain``: no activation checkpointing, the LM head on all tokens at once (``rl.logit_chunk_tokens=0``);
@@ -65,12 +66,13 @@ def measure_point(variant: str, tokens: int) -> dict:
     from longcot.policies.build import build_tiny_moe
     from longcot.policies.load import load_policy, load_tokenizer
     from longcot.record import Trajectory
-    from longcot.rl import packing
+    from longcot.rl import batch as batch_module
     from longcot.rl.learner import Learner
+    from longcot.rl.packing import pack_trajectories
 
     torch.set_num_threads(1)
-    if variant == "masked":  # force the masked attention route whatever the size
-        packing.MASKED_ATTENTION_MAX_TOKENS = 1 << 20
+    if variant == "masked":  # force the masked attention route whatever the size (collate's packing call)
+        batch_module.pack_trajectories = lambda trajs, T: pack_trajectories(trajs, T, mask_cap=1 << 20)
     with tempfile.TemporaryDirectory() as tmp:
         path = build_tiny_moe(Path(tmp) / "m", seed=0, max_position_embeddings=tokens + PROMPT_TOKENS + 1)
         model, tok = load_policy(path), load_tokenizer(path)
@@ -86,20 +88,24 @@ def measure_point(variant: str, tokens: int) -> dict:
 
     learner.update([traj(64)])  # warm-up: optimizer state, allocator pools
     batch = [traj(tokens)]
+    route = learner._plan(batch)[0][1].packed.route
     rss_before = status_mib("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # reset the peak-RSS counter (VmHWM) to the current RSS
     t0 = time.perf_counter()
     metrics = learner.update(batch)
     seconds = time.perf_counter() - t0
     peak = status_mib("VmHWM")
-    return {"variant": variant, "response_tokens": tokens, "prompt_tokens": PROMPT_TOKENS,
+    return {"variant": variant, "response_tokens": tokens, "prompt_tokens": PROMPT_TOKENS, "attention_route": route,
             "rss_before_mib": round(rss_before, 1), "peak_rss_mib": round(peak, 1),
             "step_peak_mib": round(peak - rss_before, 1), "seconds": round(seconds, 2),
             "loss_finite": bool(torch.isfinite(torch.tensor(metrics["loss"]))), "torch": torch.__version__}
 
 
 def run_point(variant: str, tokens: int) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+    # A fixed mmap threshold: glibc then maps every large block and unmaps it on free, so RSS follows the live
+    # tensors. Its default threshold adapts to past frees and freed blocks stay resident: without it the
+    # checkpointed 32k point measured 1486 MiB (results/trainer_memory_glibc_default.json), with it 739.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src"), "MALLOC_MMAP_THRESHOLD_": "131072"}
     proc = subprocess.run([sys.executable, __file__, "--point", variant, str(tokens)], capture_output=True, text=True,
                           env=env, check=False)
     if proc.returncode != 0:

@@ -37,7 +37,7 @@ def test_parameter_count_equals_the_model_built_from_the_config(name):
 
 
 def test_estimate_follows_the_measured_tiny_moe_step_peaks():
-    """Within 35% of every measured 4k-32k point, both with and without checkpointing (fp32, CPU)."""
+    """Within 20% of every measured 4k-32k point, both with and without checkpointing (fp32, CPU)."""
     points = json.loads((ROOT / "benchmarks" / "results" / "trainer_memory.json").read_text())["points"]
     checked = 0
     for p in points:
@@ -47,7 +47,7 @@ def test_estimate_follows_the_measured_tiny_moe_step_peaks():
         est = training_memory(tiny_moe_config(100), precision="fp32", micro_batch_tokens=p["response_tokens"] + 16,
                               gradient_checkpointing=ckpt, logit_chunk_tokens=1024 if ckpt else 0)
         measured = p["step_peak_mib"] * 2**20
-        assert 0.65 * measured <= est.activations + est.lm_head <= 1.35 * measured, (p, est.gib())
+        assert 0.8 * measured <= est.activations + est.lm_head <= 1.2 * measured, (p, est.gib())
         checked += 1
     assert checked >= 6
 

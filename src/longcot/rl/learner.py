@@ -105,6 +105,9 @@ class Learner:
         self.device = resolve_device(self.cfg.device, self.group.local_rank)
         self.precision = resolve_precision(self.cfg.precision, self.device)
         self.strategy = make_strategy(self.cfg.strategy, self.group, self.device, self.precision)
+        low = {p.dtype for p in model.parameters() if p.is_floating_point() and p.dtype != torch.float32}
+        if low and self.group.rank == 0:
+            log.info("learner: %s parameters upcast to float32 master weights (compute: %s)", low, self.precision)
         model.float()  # master weights in float32 whatever the checkpoint's dtype (docs/training.md)
         ref = copy.deepcopy(model).eval().requires_grad_(False) if self.rl.kl_coef else None
         if self.rl.gradient_checkpointing:

@@ -135,7 +135,7 @@ def main() -> int:
     results["warmup_steps"] = warmup
     for name, arm in arms.items():
         tr = arm["trainer"]
-        engine.sync_weights(tr.accelerator.unwrap_model(tr.model).named_parameters(), tr.version)
+        engine.sync_weights(tr.learner.named_parameters(), tr.version)
         acc = heldout_eval(engine, tok, task, recipe, run.root / "eval" / f"after_rl_{name}")["accuracy"]
         results[name] = summarize(arm["rows"], acc, warmup)
         (run.root / f"metrics_{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in arm["rows"]))

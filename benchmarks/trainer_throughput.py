@@ -5,9 +5,10 @@ response log-probs -> registered loss -> backward -> grad clip -> AdamW), on syn
 shape a long-CoT step produces (P prompts x G samples, prompt and response lengths given). Generation and
 weight sync are not in it: this measures the trainer, the part that is ours on a GPU (vLLM generates).
 
-The model is built from a config (no download), in bf16, with random weights: throughput does not depend on
-the values. Default shape: Qwen2.5-0.5B (24 layers, d=896, 14/2 heads, MLP 4864, vocab 151936, tied
-embeddings; 494M parameters).
+The model is built from a config (no download) with random weights: throughput does not depend on the values.
+The learner keeps float32 master weights and computes in ``--precision`` (bf16-mixed by default on a GPU: bf16
+autocast, float32 AdamW state). Default shape: Qwen2.5-0.5B (24 layers, d=896, 14/2 heads, MLP 4864, vocab
+151936, tied embeddings; 494M parameters).
 
 MFU = model FLOPs per second / peak dense bf16 FLOP/s of the device. Model FLOPs per trained token =
 6 x (parameters in matmuls, the LM head included) + attention 6 x layers x d x context (causal: each token
@@ -46,6 +47,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--prompt-len", type=int, default=256)
     ap.add_argument("--response-len", type=int, default=1024, help="mean; lengths uniform in [len/2, 3len/2]")
     ap.add_argument("--micro-batch", type=int, default=8, help="sequences per forward/backward")
+    ap.add_argument("--micro-batch-tokens", type=int, default=0, help="token budget per micro-batch (0: count only)")
+    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16-mixed"])
+    ap.add_argument("--logit-chunk", type=int, default=1024, help="rl.logit_chunk_tokens (0: whole micro-batch)")
     ap.add_argument("--loss", default="ppo_clip")
     ap.add_argument("--steps", type=int, default=6, help="timed steps (after --warmup)")
     ap.add_argument("--warmup", type=int, default=2)
@@ -67,10 +71,7 @@ def build_model(a: argparse.Namespace) -> torch.nn.Module:
                       num_hidden_layers=a.layers, num_attention_heads=a.heads, num_key_value_heads=a.kv_heads,
                       max_position_embeddings=32768, tie_word_embeddings=True, attn_implementation="sdpa")
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
-    if a.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-    return model.to("cuda" if torch.cuda.is_available() else "cpu").train()
+    return AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)  # the learner places and casts it
 
 
 def matmul_params(model: torch.nn.Module) -> int:
@@ -114,7 +115,10 @@ def main(argv: list[str] | None = None) -> dict:
     peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
     model = build_model(a)
     n_params, n_matmul = sum(p.numel() for p in model.parameters()), matmul_params(model)
-    overrides = [f"rl.micro_batch_size={a.micro_batch}", f"rollout.max_tokens={a.response_len * 2}"]
+    overrides = [f"rl.micro_batch_size={a.micro_batch}", f"rollout.max_tokens={a.response_len * 2}",
+                 f"rl.micro_batch_tokens={a.micro_batch_tokens}", f"trainer.precision={a.precision}",
+                 f"rl.gradient_checkpointing={str(a.gradient_checkpointing).lower()}",
+                 f"rl.logit_chunk_tokens={a.logit_chunk}"]
     if a.loss != "ppo_clip":
         overrides.append(f"rl.loss.name={a.loss}")
     recipe = load_recipe(ROOT / "recipes/tiny/arith-moe.yaml", overrides)
@@ -136,7 +140,7 @@ def main(argv: list[str] | None = None) -> dict:
     tok_s = statistics.median(t / s for t, s in zip(tokens, times, strict=True))
     flop_s = statistics.median(f / s for f, s in zip(flops, times, strict=True))
     result = {"device": name, "torch": torch.__version__, "params": n_params, "matmul_params": n_matmul,
-              "dtype": "bfloat16", "shape": vars(a), "median_step_seconds": sec,
+              "precision": learner.precision, "shape": vars(a), "median_step_seconds": sec,
               "sequences_per_step": a.prompts * a.n, "tokens_per_s": tok_s, "model_tflop_per_s": flop_s / 1e12,
               "peak_bf16_tflop_per_s": peak / 1e12 if peak else None, "mfu": flop_s / peak if peak else None,
               "max_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None}

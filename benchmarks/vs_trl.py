@@ -297,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
 
     acc_trl = held_out(engine, trl.model, tok, task, recipe, cache / "eval" / "trl")
-    acc_lc = held_out(engine, lc.accelerator.unwrap_model(lc.model), tok, task, recipe, cache / "eval" / "longcot")
+    acc_lc = held_out(engine, lc.learner.unwrapped(), tok, task, recipe, cache / "eval" / "longcot")
     engine.shutdown()
     result = report(args, recipe, cb.times, counter["steps"], gen_s, lc_wall, lc_rows, acc0, acc_trl, acc_lc, wall)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -71,7 +71,8 @@ def test_batch_moves_to_the_model_device_whole():
     b = collate(trajs, pad_id=0)
     b.old_logprobs = torch.zeros_like(b.mask)
     moved = b.to("meta")
-    tensors = [v for v in vars(moved).values() if isinstance(v, torch.Tensor)] + list(vars(moved.packed).values())
+    values = list(vars(moved).values()) + list(vars(moved.packed).values())
+    tensors = [v for v in values if isinstance(v, torch.Tensor)]
     assert len(tensors) == 18 and all(t.device.type == "meta" for t in tensors)
     assert moved.ref_logprobs is None and b.mask.device.type == "cpu"
 

@@ -57,14 +57,20 @@ def test_packed_equals_padded(model):
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-3)
 
 
-def test_uneven_groups_and_an_empty_response_equal_padded(model):
+@pytest.mark.parametrize("route", ["masked", "causal"])
+def test_uneven_groups_and_an_empty_response_equal_padded(model, monkeypatch, route):
     """Groups of different sizes, prompts of different lengths (padding inside the per-prompt and
     per-response attention blocks), one response with no tokens: log-probs, entropies and gradients still
-    match the padded layout."""
+    match the padded layout, on both attention routes (past the mask cap: one is_causal sdpa per sequence and
+    no mask, linear memory)."""
+    import longcot.rl.batch as batch_mod
+
     trajs = groups_of([4, 3, 1, 2])
     trajs.insert(2, Trajectory("p0", "p0@0", list(trajs[0].prompt_ids), [], []))
-    b = collate(trajs, pad_id=0)
-    assert b.packed is not None and b.packed.query_index.shape[0] == len(trajs) - 1
+    if route == "causal":
+        monkeypatch.setattr(batch_mod, "pack_trajectories", lambda ts, T: pack_trajectories(ts, T, mask_cap=1))
+    b = batch_mod.collate(trajs, pad_id=0)
+    assert b.packed.route == route and b.packed.query_index.shape[0] == len(b.packed.spans) == len(trajs) - 1
     lp1, e1, g1 = loss_and_grads(model, b)
     lp2, e2, g2 = loss_and_grads(model, collate(trajs, pad_id=0, pack=False))
     m = b.mask > 0
@@ -73,10 +79,10 @@ def test_uneven_groups_and_an_empty_response_equal_padded(model):
         assert torch.allclose(a, c, atol=1e-5, rtol=1e-3)
 
 
-def test_mask_memory_cap_and_group_order():
+def test_mask_cap_picks_the_route_and_group_order():
     trajs = groups_of([3, 3])
-    assert pack_trajectories(trajs, T=12, max_tokens=10) is None  # masks of > 100 entries
-    assert pack_trajectories(trajs, T=12, max_tokens=1000) is not None
+    assert pack_trajectories(trajs, T=12, mask_cap=10).route == "causal"  # masks of > 100 entries: none built
+    assert pack_trajectories(trajs, T=12, mask_cap=1000).route == "masked"
     shuffled = [trajs[i] for i in (0, 3, 1, 4, 2, 5)]
     chunks = group_ordered_chunks(shuffled, 4)
     assert [t.group_id for t in chunks[0]] == ["p0@0"] * 3 + ["p1@0"] and len(chunks[1]) == 2
@@ -102,8 +108,9 @@ def test_layout_and_mask():
 
 
 def test_falls_back_to_padding(model, tmp_path):
+    """A model that cannot take the packed row (router aux loss needs the 2D mask) gets padded batches."""
     trajs = groups_of([3])
-    assert pack_trajectories(trajs, T=12, max_tokens=5) is None  # masks too large: padded path
+    assert pack_trajectories([Trajectory("x", "x", [], [5], [0.0])], T=1) is None  # nothing predicts token 0
     aux = load_policy(build_tiny_moe(tmp_path / "aux", num_hidden_layers=1, output_router_logits=True))
     assert can_pack(model) and not can_pack(aux)
     b = collate(trajs, pad_id=0)
@@ -124,3 +131,30 @@ def test_gradient_checkpointing_recomputes_the_packed_attention(tmp_path):
     lp2, _, g2 = loss_and_grads(ckpt, collate(trajs, pad_id=0, pack=False))  # sdpa through the same function
     for a, c in zip(g1, g2, strict=True):
         assert torch.allclose(a, c, atol=1e-5, rtol=1e-3)
+
+
+def test_causal_route_calls_the_flash_kernel_shape(model, monkeypatch):
+    """The causal route must hand sdpa 4D inputs, is_causal and no mask: on CPU that is the flash kernel (linear
+    memory); 3D inputs silently take the math kernel, which materialises [heads, L, L] (benchmarks/
+    trainer_memory.py measured 1.9 GiB instead of 0.35 GiB for one 4k-token response)."""
+    from dataclasses import replace
+
+    from torch.nn.attention import SDPBackend
+
+    import longcot.rl.packing as packing
+
+    sdpa, calls = packing.F.scaled_dot_product_attention, []
+
+    def spy(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+        backend = SDPBackend(torch._fused_sdp_choice(q, k, v, attn_mask, dropout_p, is_causal, scale=scale,
+                                                     enable_gqa=enable_gqa))
+        calls.append((q.dim(), is_causal, attn_mask is None, backend))
+        return sdpa(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale,
+                    enable_gqa=enable_gqa)
+
+    monkeypatch.setattr(packing.F, "scaled_dot_product_attention", spy)
+    trajs = groups_of([2, 1])
+    b = collate(trajs, pad_id=0)
+    with torch.no_grad():
+        response_logprobs(model, replace(b, packed=pack_trajectories(trajs, b.response_len, mask_cap=1)))
+    assert calls and all(c == (4, True, True, SDPBackend.FLASH_ATTENTION) for c in calls)

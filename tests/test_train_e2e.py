@@ -65,3 +65,37 @@ def test_few_step_parl_run_writes_agent_trees_and_curves(tmp_path, monkeypatch):
     assert "agents/critical_path_tokens_mean" in summary["eval"]["after_rl"]
     assert list((run / "agents").glob("step*.jsonl"))
     assert (run / "agents" / "curves.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_fsdp_ranks_beside_the_vllm_engine(tmp_path, monkeypatch, caplog):
+    """`longcot train` with two FSDP ranks: vLLM keeps torch.distributed's default group in the driver, the ranks
+    are processes of their own; every step's weight sync reaches the engine exactly (canary each step), the
+    checkpoints are whole HF models, and no rank outlives the run."""
+    import logging
+    import re
+
+    caplog.set_level(logging.INFO, logger="longcot.rl.remote")
+    monkeypatch.setenv("LONGCOT_NO_PROGRESS", "1")
+    rc = cli_main(["train", str(ROOT / "recipes/tiny/arith-moe.yaml"), f"out_dir={tmp_path}", "name=fsdp",
+                   "trainer.strategy=fsdp", "trainer.ranks=2", "threads=1", "sft.num_examples=64", "rl.steps=2",
+                   "rl.prompts_per_step=4", "rollout.n=4", "eval.num_problems=8", "data.num_train=200",
+                   "data.num_heldout=16", "rollout.sync_check_every=1", "rl.checkpoint_every=1"])
+    assert rc == 0
+    rows = [json.loads(line) for line in (tmp_path / "fsdp" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1] and all(r["sync_check/gap_mean"] < 1e-5 for r in rows)
+    assert all(r["time/forward_backward"] > 0 for r in rows)
+    for ckpt in ("states/step-00000001/policy", "checkpoints/final"):
+        assert load_policy(tmp_path / "fsdp" / ckpt).config.num_experts == 8
+    up = next(r.getMessage() for r in caplog.records if "trainer ranks up" in r.getMessage())
+    pids = [int(p) for p in re.findall(r"\d+", up.split("processes:")[1])]
+    assert len(pids) == 2 and not any(Path(f"/proc/{p}").exists() for p in pids)
+    # resume one more step: the state's weights and full optimizer state go back into the shards, and the
+    # engine gets them exactly (the canary of the resumed step compares its forward pass with the ranks')
+    rc = cli_main(["train", str(ROOT / "recipes/tiny/arith-moe.yaml"), f"out_dir={tmp_path}", "name=fsdp",
+                   "trainer.strategy=fsdp", "trainer.ranks=2", "threads=1", "sft.num_examples=64", "rl.steps=3",
+                   "rl.prompts_per_step=4", "rollout.n=4", "eval.num_problems=8", "data.num_train=200",
+                   "data.num_heldout=16", "rollout.sync_check_every=1", "rl.checkpoint_every=1", "--resume"])
+    assert rc == 0
+    rows = [json.loads(line) for line in (tmp_path / "fsdp" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1, 2] and rows[2]["sync_check/gap_mean"] < 1e-5

@@ -87,6 +87,11 @@ def test_vllm_sync_matches_hf_and_guards_moe_repack_bug(vllm_engine, model_dir):
         assert vllm_engine.version == step and vllm_engine.last_sync_s > 0
 
 
+def test_vllm_sleep_mode_is_a_no_op_on_cpu(vllm_engine):
+    """Sleep mode is CUDA only: on CPU the engine keeps its memory and says so (longcot.rollout.colocate)."""
+    assert vllm_engine.release_memory() is False and not vllm_engine.asleep
+
+
 def test_vllm_rollout_logprobs_match_trainer_after_sync(vllm_engine, model_dir):
     """What the trainer's mismatch metric sees: sampled-token logprobs vs its own forward pass."""
     trainer = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)

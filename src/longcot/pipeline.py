@@ -71,11 +71,15 @@ def run_sft_stage(recipe: Recipe, model, tokenizer, task: Task, run: RunDir) -> 
         pairs = task.sft_pairs(rows, tokenizer)
     else:
         pairs = [(task.prompt(r, tokenizer).prompt_text, r["solution"]) for r in rows]
+    from longcot.rl.strategy import resolve_device, resolve_precision
+
     out = run.checkpoint("sft")
+    device = resolve_device(recipe.trainer.device, 0)  # SFT trains on rank 0's device, in the RL precision
     metrics = run_sft(model, tokenizer, pairs, out, lr=recipe.sft.lr, epochs=recipe.sft.epochs,
                       batch_size=recipe.sft.batch_size, warmup_ratio=recipe.sft.warmup_ratio,
-                      weight_decay=recipe.sft.weight_decay, seed=recipe.seed,
-                      gradient_checkpointing=recipe.sft.gradient_checkpointing)
+                      weight_decay=recipe.sft.weight_decay, seed=recipe.seed, max_length=recipe.sft.max_length,
+                      gradient_checkpointing=recipe.sft.gradient_checkpointing, device=device.type,
+                      precision=resolve_precision(recipe.trainer.precision, device))
     run.update_summary(sft={"examples": len(pairs), **metrics})
     return str(out)
 
@@ -110,6 +114,7 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict
     engine = build_engine(recipe.rollout.engine, policy_path, tokenizer, max_model_len=max_len, seed=recipe.seed,
                           **recipe.rollout.engine_options)
     engine = agents.wrap_engine(engine, recipe, tokenizer, run.root / "agents", policy_path)  # as is unless enabled
+    trainer = None
     try:
         if "after_sft" not in run.summary.get("eval", {}):
             after_sft = heldout_eval(engine, tokenizer, task, recipe, run.root / "eval" / "after_sft")
@@ -126,6 +131,8 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict
                 run.update_summary(eval={"after_rl": after_rl})
             log.info("held-out accuracy after RL: %.3f", run.summary["eval"]["after_rl"]["accuracy"])
     finally:
+        if trainer is not None:
+            trainer.learner.close()  # stops the trainer ranks this process started (trainer.ranks > 1)
         if hasattr(engine, "shutdown"):
             engine.shutdown()
     from longcot.report import plot_curves

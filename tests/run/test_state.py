@@ -33,8 +33,10 @@ def test_state_round_trip_and_pruning(tmp_path, learner):
     assert sorted(p.name for p in tmp_path.glob("step-*")) == ["step-00000002", "step-00000003"]
     state = load_latest(tmp_path)
     assert state.step == 3 and state.loop["marker"] == 3 and state.learner["version"] == learner.version == 1
-    saved = state.learner["optimizer"]["state"]
-    live = learner.optimizer.state_dict()["state"]
+    saved = state.learner["optimizer"]["state"]  # keyed by parameter name (the same for every trainer strategy)
+    opt = learner.optimizer.state
+    live = {name: opt[p] for name, p in learner.scorer.named_parameters() if p in opt}
+    assert live and saved.keys() == live.keys()
     assert all(torch.equal(saved[k]["exp_avg"], live[k]["exp_avg"]) for k in live)
     assert (state.policy_path / "config.json").is_file() and (state.policy_path / "tokenizer.json").is_file()
 

@@ -57,6 +57,7 @@ class SFTConfig:
     # recompute activations in backward (TRL's SFT default is on): saves memory on big models, costs ~a
     # third more compute; off by default here, and never carried into RL (run_sft restores the model)
     gradient_checkpointing: bool = False
+    max_length: int = 1024  # tokens per SFT example (prompt + completion); longer ones are truncated by TRL
 
 
 @dataclass
@@ -100,7 +101,12 @@ class RLConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
     warmup_steps: int = 0
     grad_clip: float = 1.0
-    micro_batch_size: int = 64  # sequences per forward/backward
+    micro_batch_size: int = 64  # at most this many sequences per forward/backward
+    # ... and at most this many tokens (each distinct prompt once + responses when packed; rows x longest when
+    # padded); a longer response is a micro-batch of its own. 0: sequence count only.
+    micro_batch_tokens: int = 16384
+    gradient_checkpointing: bool = False  # recompute each decoder layer's activations in backward (HF's)
+    logit_chunk_tokens: int = 1024  # tokens per LM-head chunk for log-probs/entropy (0: all at once)
     updates_per_step: int = 1  # optimizer steps per rollout batch (>1: off-policy mini-batches)
     advantage: AlgoRef = field(default_factory=lambda: AlgoRef("grpo"))
     loss: AlgoRef = field(default_factory=lambda: AlgoRef("ppo_clip"))
@@ -119,6 +125,27 @@ class RLConfig:
     # the end and on SIGTERM/Ctrl-C; `longcot train ... --resume` continues from the latest. 0: end/signal only.
     checkpoint_every: int = 50
     keep_checkpoints: int = 2  # newest training states kept on disk (0: all)
+
+
+@dataclass
+class TrainerConfig:
+    """Where and how the policy trains (docs/training.md): ranks, sharding strategy, device, precision."""
+
+    strategy: Literal["single", "ddp", "fsdp"] = "single"
+    ranks: int = 1  # trainer processes; `longcot train` starts ranks 1..N-1 itself (rank 0 is the driver)
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: rank r on GPU r when CUDA is available, else CPU
+    precision: Literal["auto", "fp32", "bf16-mixed"] = "auto"  # auto: bf16-mixed on GPU, fp32 on CPU
+    # how long a follower rank waits for rank 0's next command (it waits through every rollout phase)
+    timeout_minutes: float = 360.0
+
+    def __post_init__(self) -> None:
+        if self.ranks < 1:
+            raise ValueError(f"trainer.ranks must be >= 1, got {self.ranks}")
+        if self.strategy == "single" and self.ranks != 1:
+            raise ValueError(f"trainer.strategy=single runs one rank, got trainer.ranks={self.ranks}: set "
+                             "trainer.strategy=ddp or trainer.strategy=fsdp")
+        if self.timeout_minutes <= 0:
+            raise ValueError(f"trainer.timeout_minutes must be > 0, got {self.timeout_minutes}")
 
 
 @dataclass
@@ -210,6 +237,7 @@ class Recipe:
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     rewards: list[RewardSpec] = field(default_factory=lambda: [RewardSpec("math")])
     rl: RLConfig = field(default_factory=RLConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     partial: PartialConfig = field(default_factory=PartialConfig)
     agents: AgentsConfig = field(default_factory=AgentsConfig)
@@ -224,6 +252,10 @@ class Recipe:
         if self.rollout.sync_check_every < 0 or self.rollout.sync_check_max_gap <= 0:
             raise ValueError("rollout.sync_check_every must be >= 0 and rollout.sync_check_max_gap > 0, got "
                              f"{self.rollout.sync_check_every}, {self.rollout.sync_check_max_gap}")
+        if self.rl.micro_batch_size < 1 or self.rl.micro_batch_tokens < 0 or self.rl.logit_chunk_tokens < 0:
+            raise ValueError("rl.micro_batch_size must be >= 1, rl.micro_batch_tokens and rl.logit_chunk_tokens >= 0 "
+                             f"(got {self.rl.micro_batch_size}, {self.rl.micro_batch_tokens}, "
+                             f"{self.rl.logit_chunk_tokens})")
         if self.rollout.logprobs_every < 0:
             raise ValueError(f"rollout.logprobs_every must be >= 0 (0: never), got {self.rollout.logprobs_every}")
         if self.partial.enabled and self.partial.train_segments == "all" and self.rl.tis_cap is None:

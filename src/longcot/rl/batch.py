@@ -1,55 +1,41 @@
-"""Trajectories -> padded tensors, and per-token log-probs of a causal LM.
+"""Trajectories -> micro-batches -> tensors, and per-token log-probs of a causal LM (the policy's forward).
 
-Two layouts. Padded: micro-batches of trajectories sorted by length, so a batch pads to the length of its
-own longest sequence, not the step's.
+Micro-batches are sized by a token budget (``rl.micro_batch_tokens``, and at most ``rl.micro_batch_size``
+sequences): a long-CoT step mixes 200-token and 32k-token responses, and a sequence count that suits the first
+runs out of memory on the second. A response longer than the budget is a micro-batch of its own.
 
-Packed (the default where it is exact): micro-batches keep a prompt's samples together and are laid out
-as ONE row with no padding: each distinct prompt once, followed by its responses, with per-response position
-ids. Every per-token layer (projections, experts, norms: nearly all of the compute) runs on exactly the real
-tokens, and a group's G samples share one copy of the prompt. Attention is the only part that needs to know
-the layout: :func:`packed_attention` (registered with transformers as ``longcot_packed``) gathers each
-prompt's queries (causal) and each response's queries against its prompt + its own earlier tokens, padded
-per response, in two ``scaled_dot_product_attention`` calls per layer. Log-probs come back in the same
-response-aligned [B, T] layout, so nothing downstream changes. The padded path remains for models whose
-attention is not sdpa through transformers' attention interface, or that need a 2D mask (router aux loss),
-and for micro-batches too long for the per-response masks.
+Two layouts. Packed (the default where it is exact, :mod:`longcot.rl.packing`): a micro-batch keeps a prompt's
+samples together and is laid out as ONE row with no padding, each distinct prompt once. Padded: micro-batches
+of trajectories sorted by length, each padded to its own longest sequence; for models whose attention is not
+sdpa through transformers' attention interface, or that need a 2D mask (router aux loss).
+
+Log-probs: the model body runs to its final hidden states, and only the positions that predict a response token
+go through the LM head, chunk by chunk (:mod:`longcot.rl.logprobs`), so no [tokens, vocabulary] tensor exists.
+They come back in the response-aligned [B, T] layout, so nothing downstream depends on the layout.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+import logging
+from dataclasses import dataclass, fields
 
 import torch
-import torch.nn.functional as F
+from torch import nn
 
 from longcot.record import Trajectory
+from longcot.rl.logprobs import token_logprobs
+from longcot.rl.packing import (  # noqa: F401  (re-exported: the layout's public names)
+    MASKED_ATTENTION_MAX_TOKENS,
+    Packed,
+    can_pack,
+    float_masks,
+    pack_trajectories,
+    use_packed_attention,
+)
 
-# The packed layout's masks (prompt x prompt and response x (prompt + response) per micro-batch) hold at most
-# MAX_PACKED_TOKENS**2 bools (16 MiB); beyond that a micro-batch takes the padded path.
-MAX_PACKED_TOKENS = 4096
-ATTENTION_NAME = "longcot_packed"  # the attention implementation registered with transformers
+log = logging.getLogger(__name__)
 
-
-@dataclass
-class Packed:
-    """A micro-batch as one unpadded row: prompt_g, responses of prompt_g, ... (see the module doc).
-
-    Index tensors point into the row (N tokens); padding entries point at position 0 and are masked out.
-    """
-
-    input_ids: torch.Tensor  # [1, N]
-    position_ids: torch.Tensor  # [1, N] position within its own prompt + response
-    prompt_index: torch.Tensor  # [G, P] each distinct prompt's tokens
-    prompt_mask: torch.Tensor  # [G, 1, P, P] bool, causal within the prompt
-    query_index: torch.Tensor  # [B', L] each non-empty response's tokens
-    context_index: torch.Tensor  # [B', P + L] its prompt's tokens, then its own
-    context_mask: torch.Tensor  # [B', 1, L, P + L] bool: the whole prompt, own earlier tokens
-    output_index: torch.Tensor  # [N] where token n's attention output sits in cat(prompt out, response out)
-    logit_index: torch.Tensor  # [B, T] position in the row whose logits predict response token k
-    targets: torch.Tensor  # [B, T] response token ids (0 past the end)
-
-    def to(self, device: torch.device | str) -> Packed:
-        return Packed(*(getattr(self, f.name).to(device) for f in fields(self)))
+DEFAULT_LOGIT_CHUNK = 1024  # tokens per LM-head chunk when the caller does not say (rl.logit_chunk_tokens)
 
 
 @dataclass
@@ -79,8 +65,8 @@ class TokenBatch:
 
 def collate(trajs: list[Trajectory], pad_id: int, pack: bool = True, temperature: float = 1.0) -> TokenBatch:
     """Pad a list of trajectories into a :class:`TokenBatch` (advantage broadcast per token if scalar);
-    with ``pack``, also lay it out without padding (:func:`pack_trajectories`) when it fits. ``temperature``
-    is the sampling temperature of trajectories that do not record their own."""
+    with ``pack``, also lay it out without padding (:func:`pack_trajectories`). ``temperature`` is the
+    sampling temperature of trajectories that do not record their own."""
     lengths = [len(t.prompt_ids) + len(t.response_ids) for t in trajs]
     L, T = max(lengths), max(max(len(t.response_ids) for t in trajs), 1)
     B = len(trajs)
@@ -118,161 +104,117 @@ def _has_rollout_logprobs(trajs: list[Trajectory]) -> bool:
     return any(have)
 
 
-def pack_trajectories(trajs: list[Trajectory], T: int, max_tokens: int = MAX_PACKED_TOKENS) -> Packed | None:
-    """The unpadded one-row layout of ``trajs``; ``None`` if its masks would hold more than ``max_tokens**2``
-    entries or a trajectory has no prompt (its first response token would have nothing to be predicted from).
-
-    Why not rows with an N x N block mask (the previous layout): the mask's N^2 attention work and the rows'
-    padding cost more than the per-response attention here (tiny MoE, CPU, 16 responses of ~85 tokens:
-    forward+backward 0.32 s in rows of 256 tokens or padded, 0.25 s in this layout)."""
-    if any(not t.prompt_ids for t in trajs):
-        return None
-    ids, pos, prompts, spans = _one_row(trajs)
-    live = [sp for sp in spans if sp[3]]
-    G, P = len(prompts), max(n for _, n in prompts)
-    L = max((sp[3] for sp in live), default=1)
-    if G * P * P + len(live) * L * (P + L) > max_tokens**2:
-        return None
-    arange_p, arange_l = torch.arange(P), torch.arange(L)
-    p_start, p_len = torch.tensor(prompts, dtype=torch.long).reshape(-1, 2).unbind(1)
-    p_valid = arange_p[None, :] < p_len[:, None]  # [G, P]
-    prompt_index = torch.where(p_valid, p_start[:, None] + arange_p[None, :], 0)
-    causal_p = arange_p[None, :] <= arange_p[:, None]
-    # a padding query row sees key 0 only: no empty softmax row (its output is never gathered)
-    prompt_mask = (causal_p[None] & p_valid[:, None, :]) | (~p_valid[:, :, None] & (arange_p == 0)[None, None, :])
-    ps, pl, rs, rl = torch.tensor(live, dtype=torch.long).reshape(-1, 4).unbind(1)
-    q_valid = arange_l[None, :] < rl[:, None]  # [B', L]
-    query_index = torch.where(q_valid, rs[:, None] + arange_l[None, :], 0)
-    ctx_prompt_valid = arange_p[None, :] < pl[:, None]
-    context_index = torch.cat([torch.where(ctx_prompt_valid, ps[:, None] + arange_p[None, :], 0), query_index], 1)
-    sees_response = (arange_l[None, :] <= arange_l[:, None])[None] & q_valid[:, None, :]  # [B', L, L]
-    context_mask = torch.cat([ctx_prompt_valid[:, None, :].expand(-1, L, -1), sees_response], 2)
-    context_mask[:, :, 0] |= ~q_valid  # padding query rows see key 0 only
-    output_index = torch.zeros(len(ids), dtype=torch.long)
-    output_index[prompt_index[p_valid]] = torch.arange(G * P).reshape(G, P)[p_valid]
-    output_index[query_index[q_valid]] = G * P + torch.arange(len(live) * L).reshape(len(live), L)[q_valid]
-    logit_index = torch.zeros((len(trajs), T), dtype=torch.long)
-    targets = torch.zeros((len(trajs), T), dtype=torch.long)
-    for i, (t, (p0, n_p, r0, n_r)) in enumerate(zip(trajs, spans, strict=True)):
-        if n_r:  # token 0 is predicted by the prompt's last position, token k > 0 by response token k-1
-            logit_index[i, :n_r] = torch.tensor([p0 + n_p - 1, *range(r0, r0 + n_r - 1)])
-            targets[i, :n_r] = torch.tensor(t.response_ids)
-    return Packed(torch.tensor([ids]), torch.tensor([pos]), prompt_index, prompt_mask[:, None], query_index,
-                  context_index, context_mask[:, None], output_index, logit_index, targets)
+def filler_batch(pad_id: int, pack: bool) -> TokenBatch:
+    """A one-token micro-batch that trains nothing (its mask is all zero): what a rank with fewer micro-batches
+    than the others runs, because every sharded forward and every gradient reduction is collective."""
+    t = Trajectory("filler", "filler", [pad_id], [pad_id], [], loss_mask=[0])
+    return collate([t], pad_id, pack=pack)
 
 
-def _one_row(trajs: list[Trajectory]) -> tuple[list[int], list[int], list[tuple[int, int]], list[tuple]]:
-    """Token ids and positions of the row (each distinct prompt once, where it first appears, then each
-    response), the prompts as (start, length), and per trajectory (prompt start, prompt length, response
-    start, response length)."""
-    first: dict[tuple[int, ...], int] = {}
-    ids: list[int] = []
-    pos: list[int] = []
-    spans: list[tuple[int, int, int, int]] = []
-    for t in trajs:
-        prompt = tuple(t.prompt_ids)
-        if prompt not in first:
-            first[prompt] = len(ids)
-            ids += prompt
-            pos += range(len(prompt))
-        spans.append((first[prompt], len(prompt), len(ids), len(t.response_ids)))
-        ids += t.response_ids
-        pos += range(len(prompt), len(prompt) + len(t.response_ids))
-    return ids, pos, [(start, len(p)) for p, start in first.items()], spans
-
-
-def packed_attention(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask,
-                     scaling: float | None = None, dropout: float = 0.0, longcot_packed: Packed | None = None,
-                     **kwargs) -> tuple[torch.Tensor, None]:
-    """transformers attention function for the packed row: ``query`` [1, H, N, D], ``key``/``value``
-    [1, H_kv, N, D] -> output [1, N, H, D]. Prompts attend causally to themselves; each response attends to
-    its prompt and its own earlier tokens. Two sdpa calls, on small per-prompt and per-response blocks."""
-    pk = longcot_packed
-    if pk is None:  # any other forward of the model (padded batches, generate): plain sdpa
-        from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
-                                      **kwargs)
-    heads, kv_heads = query.shape[1], key.shape[1]
-    q, k, v = (x[0].transpose(0, 1) for x in (query, key, value))  # [N, heads, D]
-    if kv_heads != heads:  # grouped-query attention: share each key/value head across its query heads
-        k, v = k.repeat_interleave(heads // kv_heads, 1), v.repeat_interleave(heads // kv_heads, 1)
-
-    def attend(qi: torch.Tensor, ki: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        out = F.scaled_dot_product_attention(q[qi].transpose(1, 2), k[ki].transpose(1, 2), v[ki].transpose(1, 2),
-                                             attn_mask=mask, dropout_p=dropout, scale=scaling)
-        return out.transpose(1, 2).reshape(-1, heads, q.shape[-1])
-
-    out = torch.cat([attend(pk.prompt_index, pk.prompt_index, pk.prompt_mask),
-                     attend(pk.query_index, pk.context_index, pk.context_mask)])
-    return out[pk.output_index].unsqueeze(0), None
-
-
-def use_packed_attention(model) -> None:
-    """Switch an sdpa ``model`` to ``longcot_packed`` attention: the packed layout's attention when a forward
-    passes one, sdpa otherwise (generate, padded batches; same masks, same numbers).
-
-    Why a lasting switch and not one around the forward: gradient checkpointing re-runs the forward during
-    backward, and that re-run must take the same attention path. The switch is not saved with the model."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-
-    if ATTENTION_NAME not in AttentionInterface():
-        AttentionInterface.register(ATTENTION_NAME, packed_attention)
-        AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)  # the packed layout passes no mask at all
-    cfg = getattr(model, "module", model).config
-    if cfg._attn_implementation == "sdpa":
-        cfg._attn_implementation = ATTENTION_NAME
-
-
-def can_pack(model) -> bool:
-    """Whether ``model`` computes exactly the same log-probs from the packed layout as from padded rows: its
-    attention must be sdpa through transformers' attention interface (which :func:`use_packed_attention`
-    takes over) and it must not need the 2D mask itself (router aux loss)."""
-    cfg = getattr(getattr(model, "module", model), "config", None)
-    return (cfg is not None and getattr(cfg, "_attn_implementation", None) in ("sdpa", ATTENTION_NAME)
-            and not getattr(cfg, "output_router_logits", False))
-
-
+# ---- the forward ----------------------------------------------------------------------------------------------
 def response_logprobs(model, b: TokenBatch, with_entropy: bool = False, temperature: float | None = None,
-                      entropy_grad: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Log-probs [B, T] of each response token under ``model`` (and the entropy of each position).
+                      entropy_grad: bool = True,
+                      chunk_tokens: int = DEFAULT_LOGIT_CHUNK) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs [B, T] of each response token under the causal LM ``model`` (and the entropy of each
+    position; 0 past a response's end).
 
     Logits are divided by the sampling temperature of each response (``b.temperatures``, or ``temperature``
     for all rows when given): the engine reports log-probs of the distribution it sampled from, and the
     policy gradient is taken through that same distribution. A temperature of 0 (greedy) counts as 1.
 
-    Only the response positions are put through log-softmax, and the logits are sliced before the
-    vocabulary-sized float work, which is what dominates memory for real vocabularies. With
-    ``entropy_grad=False`` the entropy comes back without an autograd graph (a metric, not a loss term).
+    Only the hidden states that predict a response token reach the LM head, ``chunk_tokens`` at a time
+    (module doc). With ``entropy_grad=False`` the entropy comes back without an autograd graph (a metric,
+    not a loss term). Models whose head is more than a linear layer take the full-logits path.
     """
+    B, T = b.mask.shape
+    rows, ks = _response_positions(b)
+    temps = _row_temperatures(b, temperature)
+    token_temps = temps.to(b.mask.device)[rows] if temps is not None else None
+    head = _linear_head(model)
+    if head is None:
+        return _full_logits_logprobs(model, b, rows, ks, token_temps, with_entropy, entropy_grad)
+    hidden, targets = _response_hidden(model, b, rows, ks)
+    logp_flat, ent_flat = token_logprobs(hidden, head.weight, head.bias, targets, token_temps, chunk=chunk_tokens,
+                                         with_entropy=with_entropy, entropy_grad=entropy_grad)
+    return _to_grid(logp_flat, rows, ks, B, T) * (b.mask > 0), _to_grid(ent_flat, rows, ks, B, T)
+
+
+def _response_positions(b: TokenBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row, k) of every response token of the batch, in row-major order."""
+    resp_len = b.attention_mask.sum(1) - b.response_start
+    valid = torch.arange(b.mask.shape[1], device=b.mask.device)[None, :] < resp_len[:, None]
+    rows, ks = valid.nonzero(as_tuple=True)
+    return rows, ks
+
+
+def _response_hidden(model, b: TokenBatch, rows: torch.Tensor, ks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The body's final hidden states [M, d] at the positions predicting each response token, and the targets."""
+    body = model.get_decoder()
     pk = b.packed
     if pk is not None and can_pack(model):
         use_packed_attention(model)
-        out = model(input_ids=pk.input_ids, position_ids=pk.position_ids, use_cache=False,
-                    longcot_packed=_float_masks(pk, next(model.parameters()).dtype))
-        logits = out.logits.reshape(-1, out.logits.shape[-1])
-        resp_logits, targets = logits[pk.logit_index].float(), pk.targets
-    else:
-        out = model(input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False)
-        logits = out.logits
-        B, T = b.mask.shape
-        # Position j predicts token j+1: response token k of row i is predicted at start_i + k - 1.
-        offsets = torch.arange(T, device=logits.device).unsqueeze(0)
-        pos = (b.response_start.unsqueeze(1) - 1 + offsets).clamp(max=logits.shape[1] - 1)
-        resp_logits = logits.gather(1, pos.unsqueeze(-1).expand(B, T, logits.shape[-1])).float()
-        targets = b.input_ids.gather(1, (pos + 1).clamp(max=b.input_ids.shape[1] - 1))
-    temps = _row_temperatures(b, temperature)
-    if temps is not None:
-        resp_logits = resp_logits / temps.to(resp_logits)[:, None, None]
-    logp_all = F.log_softmax(resp_logits, dim=-1)
-    logp = logp_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1) * (b.mask > 0)
-    entropy = None
+        # The layout carries its own attention structure. A 4D placeholder mask makes transformers skip building
+        # one: from the row's restarting position ids it would infer packed sequences and build an N x N mask.
+        placeholder = torch.ones(1, 1, 1, 1, dtype=torch.bool, device=pk.input_ids.device)
+        dtype = _compute_dtype(model)
+        out = body(input_ids=pk.input_ids, position_ids=pk.position_ids, attention_mask=placeholder, use_cache=False,
+                   longcot_packed=float_masks(pk, dtype))
+        flat = pk.logit_index[rows, ks]
+        return out.last_hidden_state[0, flat], pk.targets[rows, ks]
+    out = body(input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False)
+    pos = b.response_start[rows] - 1 + ks  # position j predicts token j+1
+    return out.last_hidden_state[rows, pos], b.input_ids[rows, pos + 1]
+
+
+def _full_logits_logprobs(model, b: TokenBatch, rows, ks, token_temps, with_entropy: bool, entropy_grad: bool):
+    """The plain path for heads that are not one linear layer (logit soft-capping, scaling): the model's own
+    logits, then the same per-token arithmetic."""
+    B, T = b.mask.shape
+    out = model(input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False)
+    logits = out.logits[rows, b.response_start[rows] - 1 + ks].float()
+    if token_temps is not None:
+        logits = logits / token_temps.to(logits)[:, None]
+    logp_all = torch.log_softmax(logits, dim=-1)
+    targets = b.input_ids[rows, b.response_start[rows] + ks]
+    logp = logp_all.gather(-1, targets[:, None]).squeeze(-1)
+    ent = None
     if with_entropy:
-        # Only a metric unless entropy_grad (an entropy bonus in the loss): no autograd graph otherwise.
         with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
-            entropy = -(logp_all.exp() * logp_all).sum(-1)
-    return logp, entropy
+            ent = -(logp_all.exp() * logp_all).sum(-1)
+    return _to_grid(logp, rows, ks, B, T) * (b.mask > 0), _to_grid(ent, rows, ks, B, T)
+
+
+_SPECIAL_HEAD_KEYS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
+
+
+def _linear_head(model) -> nn.Linear | None:
+    """The LM head when the logits are exactly ``head(body(x))``; None for heads with extra arithmetic."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    cfg = getattr(model, "config", None)
+    special = [k for k in _SPECIAL_HEAD_KEYS if getattr(cfg, k, None) not in (None, 1, 1.0)]
+    if not isinstance(head, nn.Linear) or not hasattr(model, "get_decoder") or special:
+        if not getattr(model, "_longcot_full_logits_logged", False):
+            log.warning("%s: the LM head is not a plain linear layer (%s): log-probs from full logits, unchunked",
+                        type(model).__name__, special or type(head).__name__)
+            model._longcot_full_logits_logged = True
+        return None
+    return head
+
+
+def _compute_dtype(model) -> torch.dtype:
+    """The dtype attention runs in: the autocast dtype inside an autocast region (bf16-mixed), else the
+    parameters' (FSDP's mixed precision casts parameters themselves, and reports that dtype)."""
+    device = next(model.parameters()).device
+    if torch.is_autocast_enabled(device.type):
+        return torch.get_autocast_dtype(device.type)
+    return next(model.parameters()).dtype
+
+
+def _to_grid(flat: torch.Tensor | None, rows: torch.Tensor, ks: torch.Tensor, B: int, T: int) -> torch.Tensor | None:
+    """[M] values at (rows, ks) -> a [B, T] tensor, 0 elsewhere (differentiable)."""
+    if flat is None:
+        return None
+    return flat.new_zeros(B, T).index_put((rows, ks), flat)
 
 
 def _row_temperatures(b: TokenBatch, temperature: float | None) -> torch.Tensor | None:
@@ -287,14 +229,22 @@ def _row_temperatures(b: TokenBatch, temperature: float | None) -> torch.Tensor 
     return None if bool((temps == 1).all()) else temps
 
 
-def _float_masks(pk: Packed, dtype: torch.dtype) -> Packed:
-    """The layout with additive float masks (sdpa would convert a bool mask in every layer)."""
-    def bias(allowed: torch.Tensor) -> torch.Tensor:
-        return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed,
-                                                                                           torch.finfo(dtype).min)
-    return replace(pk, prompt_mask=bias(pk.prompt_mask), context_mask=bias(pk.context_mask))
+class Scorer(nn.Module):
+    """A causal LM whose forward is :func:`response_logprobs`: the module DDP and FSDP wrap, so the whole
+    forward, LM head included, runs inside the wrapper's hooks (FSDP gathers the head's weight for it)."""
+
+    def __init__(self, lm: nn.Module, chunk_tokens: int = DEFAULT_LOGIT_CHUNK):
+        super().__init__()
+        self.lm = lm
+        self.chunk_tokens = chunk_tokens
+
+    def forward(self, b: TokenBatch, with_entropy: bool = False, temperature: float | None = None,
+                entropy_grad: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return response_logprobs(self.lm, b, with_entropy=with_entropy, temperature=temperature,
+                                 entropy_grad=entropy_grad, chunk_tokens=self.chunk_tokens)
 
 
+# ---- micro-batches --------------------------------------------------------------------------------------------
 def group_ordered_chunks(trajs: list[Trajectory], size: int) -> list[list[Trajectory]]:
     """Micro-batches of ``size`` with the samples of one prompt next to each other, for the packed layout
     (a prompt is stored once per micro-batch that holds its samples)."""
@@ -302,13 +252,45 @@ def group_ordered_chunks(trajs: list[Trajectory], size: int) -> list[list[Trajec
     return [[trajs[i] for i in order[k : k + size]] for k in range(0, len(order), size)]
 
 
-def micro_batches(model, trajs: list[Trajectory], size: int) -> list[list[Trajectory]]:
-    """The trainer's micro-batches: group-ordered when ``model`` takes the packed layout, else sorted by
-    length (padding is what costs there)."""
-    return group_ordered_chunks(trajs, size) if can_pack(model) else length_sorted_chunks(trajs, size)
-
-
 def length_sorted_chunks(trajs: list[Trajectory], size: int) -> list[list[Trajectory]]:
     """Split into micro-batches of ``size``, grouping similar lengths to minimise padding."""
     order = sorted(trajs, key=lambda t: len(t.prompt_ids) + len(t.response_ids))
     return [order[i : i + size] for i in range(0, len(order), size)]
+
+
+def micro_batches(trajs: list[Trajectory], max_seqs: int, max_tokens: int = 0,
+                  pack: bool = True) -> list[list[Trajectory]]:
+    """The trainer's micro-batches: at most ``max_seqs`` sequences and (if ``max_tokens`` > 0) at most
+    ``max_tokens`` tokens each, as the forward will see them (:func:`batch_tokens`); a sequence longer than
+    the budget is a micro-batch of its own. Group-ordered for the packed layout, length-sorted for padding."""
+    if not max_tokens or not trajs:
+        return group_ordered_chunks(trajs, max_seqs) if pack else length_sorted_chunks(trajs, max_seqs)
+    order = group_ordered_chunks(trajs, len(trajs))[0] if pack else length_sorted_chunks(trajs, len(trajs))[0]
+    chunks: list[list[Trajectory]] = []
+    for t in order:
+        if chunks and len(chunks[-1]) < max_seqs and batch_tokens([*chunks[-1], t], pack) <= max_tokens:
+            chunks[-1].append(t)
+        else:
+            chunks.append([t])
+    return chunks
+
+
+def batch_tokens(trajs: list[Trajectory], pack: bool) -> int:
+    """Tokens a forward over ``trajs`` processes: each distinct prompt once plus every response (packed), or
+    rows x the longest sequence (padded)."""
+    if pack:
+        return sum(len(p) for p in {tuple(t.prompt_ids) for t in trajs}) + sum(len(t.response_ids) for t in trajs)
+    return len(trajs) * max((len(t.prompt_ids) + len(t.response_ids) for t in trajs), default=0)
+
+
+def assign_to_ranks(costs: list[int], world: int) -> list[list[int]]:
+    """Micro-batch indices per rank, costliest first to the least-loaded rank that has fewer than
+    ceil(len(costs) / world); each rank's list in the original order. (Every rank then runs ceil(...) micro-batches,
+    filled up with empty ones, so the ranks' collectives stay in step: the cap keeps the filling minimal.)"""
+    per_rank = -(-len(costs) // world) if costs else 0
+    loads, out = [0] * world, [[] for _ in range(world)]
+    for i in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
+        r = min((r for r in range(world) if len(out[r]) < per_rank), key=lambda r: (loads[r], r))
+        out[r].append(i)
+        loads[r] += costs[i]
+    return [sorted(ids) for ids in out]

@@ -1,49 +1,129 @@
 """The policy under training: model, optimizer, an optional frozen reference, and one update on a batch.
 
 The learner knows no engine, prompt or reward: it receives scored trajectories with advantages and returns
-metrics. That is the seam every runtime cuts at. The local runtime calls it in-process between rollouts; the
-Ray runtime wraps it in a trainer actor; a multi-rank strategy runs one per rank. It also owns what a resume
-must restore of the policy side: optimizer state, the policy version and the learning-rate schedule position.
+metrics. That is the seam every runtime cuts at. The local runtime calls it between rollouts (in-process with
+``trainer.strategy=single``; through :mod:`longcot.rl.remote` with ddp/fsdp); the Ray runtime wraps it in a
+trainer actor. It also owns what a resume must restore of the policy side: optimizer state, the policy version
+and the learning-rate schedule position.
+
+One learner runs on every trainer rank (``trainer.ranks``, ``trainer.strategy``: docs/training.md). Rank 0's is
+the one the RL loop calls; each public method that touches the model is an *op* that rank 0 sends to the
+followers (:mod:`longcot.rl.ranks`) and that every rank then runs the same way (``_op_*``): rank 0 plans the
+micro-batches by a token budget and gives each rank its share, in equal counts, so the ranks' collectives
+stay in step. A rank's life, whoever starts it, is :func:`rank_main`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import logging
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator
+from torch.utils._pytree import tree_map_only
 
 from longcot.config import Recipe
 from longcot.record import Trajectory
-from longcot.rl.batch import TokenBatch, can_pack, collate, micro_batches, response_logprobs
+from longcot.rl.batch import (
+    Scorer,
+    TokenBatch,
+    assign_to_ranks,
+    can_pack,
+    collate,
+    filler_batch,
+    micro_batches,
+)
 from longcot.rl.losses import LOSSES, LossBatch, policy_loss
+from longcot.rl.ranks import RankGroup, init_rank_group
+from longcot.rl.strategy import make_strategy, resolve_device, resolve_precision
 from longcot.rl.timing import StepTimer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RankSpec:
+    """What a rank needs to build its learner (sent once, at launch): the recipe and the architecture.
+    Followers get rank 0's weights by broadcast, so no rank needs a checkpoint on disk."""
+
+    recipe: Recipe
+    config: Any  # the policy's transformers config
+    attn_implementation: str
+
+    @classmethod
+    def of(cls, model: torch.nn.Module, recipe: Recipe) -> RankSpec:
+        cfg = copy.deepcopy(model.config)
+        attn = cfg._attn_implementation
+        return cls(recipe, cfg, "sdpa" if attn == "longcot_packed" else attn)
+
+    def build_model(self, weights: dict[str, torch.Tensor] | None = None) -> torch.nn.Module:
+        """The policy with parameters on the meta device (no memory, no initialisation; buffers such as the
+        rotary frequencies are computed), or with ``weights`` as its parameters (no copy)."""
+        from accelerate import init_empty_weights
+        from transformers import AutoModelForCausalLM
+
+        with init_empty_weights(include_buffers=False):
+            model = AutoModelForCausalLM.from_config(self.config, dtype=torch.float32,
+                                                     attn_implementation=self.attn_implementation)
+        if weights is not None:
+            model.load_state_dict(weights, assign=True)
+            model.tie_weights()  # assign gave tied keys (embeddings / LM head) separate parameters
+        return model
 
 
 class Learner:
-    """One policy and its optimizer; :meth:`update` is a full optimizer step (or ``updates_per_step`` of them)."""
+    """One policy and its optimizer; :meth:`update` is a full optimizer step (or ``updates_per_step`` of them).
 
-    def __init__(self, model: torch.nn.Module, tokenizer: Any, recipe: Recipe):
-        self.recipe, self.rl = recipe, recipe.rl
+    ``group``: this process's place among the ranks (:func:`~longcot.rl.ranks.init_rank_group`); None for
+    ``trainer.strategy=single``. ddp/fsdp from the driver: :func:`longcot.rl.remote.make_learner` starts the ranks.
+    """
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, recipe: Recipe, group: RankGroup | None = None):
+        self.recipe, self.rl, self.cfg = recipe, recipe.rl, recipe.trainer
         self.tokenizer = tokenizer
-        self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
+        self.pad_id = int(getattr(tokenizer, "pad_token_id", None) or 0)
         self.loss_fn = LOSSES.get(self.rl.loss.name)
-        self.ref_model = None
-        if self.rl.kl_coef:
-            # The reference is the policy RL starts from; on resume it is rebuilt the same way (not stored).
-            self.ref_model = copy.deepcopy(model).eval().requires_grad_(False).to(self.accelerator.device)
-        self.model, self.optimizer = self.accelerator.prepare(model, self._new_optimizer(model))
         self.temperature = recipe.rollout.temperature
         self.version = 0  # policy version: bumped by every update that changed the weights
         self.updates = 0  # optimizer steps taken (the learning-rate warm-up position)
+        self._in_flight: str | None = None  # the op the ranks are running (close() must not talk over it)
+        if group is None and self.cfg.strategy != "single":
+            raise ValueError(f"trainer.strategy={self.cfg.strategy} needs its ranks: build the learner with "
+                             "longcot.rl.remote.make_learner (starts them) or pass group=init_rank_group(...)")
+        self.group = group if group is not None else RankGroup()
+        self._build(model)
+        if self.group.rank == 0:
+            log.info("learner: strategy=%s ranks=%d device=%s precision=%s layout=%s", self.strategy.name,
+                     self.group.world_size, self.device, self.precision, "packed" if self.pack else "padded")
+
+    def _build(self, model: torch.nn.Module) -> None:
+        """Device, precision, strategy; the policy, its reference and optimizer placed on this rank."""
+        self.device = resolve_device(self.cfg.device, self.group.local_rank)
+        self.precision = resolve_precision(self.cfg.precision, self.device)
+        self.strategy = make_strategy(self.cfg.strategy, self.group, self.device, self.precision)
+        low = {p.dtype for p in model.parameters() if p.is_floating_point() and p.dtype != torch.float32}
+        if low and self.group.rank == 0:
+            log.info("learner: %s parameters upcast to float32 master weights (compute: %s)", low, self.precision)
+        model.float()  # master weights in float32 whatever the checkpoint's dtype (docs/training.md)
+        ref = copy.deepcopy(model).eval().requires_grad_(False) if self.rl.kl_coef else None
+        if self.rl.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.train()  # HF gradient checkpointing acts in train mode only; Qwen configs have no dropout
+        self.scorer = Scorer(model, self.rl.logit_chunk_tokens)
+        self.model = self.strategy.wrap(self.scorer)
+        # The reference is the policy RL starts from; on resume it is rebuilt the same way (not stored).
+        self.ref_model = self.strategy.wrap(Scorer(ref, self.rl.logit_chunk_tokens), frozen=True) if ref else None
+        self.optimizer = self._new_optimizer(self.model)
+        self.pack = can_pack(model)
 
     def _new_optimizer(self, model) -> torch.optim.Optimizer:
         # fused: one kernel for all parameters instead of a Python loop over them (same update; 2-4x faster
         # on the tiny MoE on CPU, where the per-parameter loop was most of the optimizer's time)
-        params = list(model.parameters())
+        params = [p for p in model.parameters() if p.requires_grad]
         fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
         return torch.optim.AdamW(params, lr=self.rl.lr, betas=tuple(self.rl.betas),
                                  weight_decay=self.rl.weight_decay, fused=fused)
@@ -55,121 +135,169 @@ class Learner:
 
     # ---- weights out ---------------------------------------------------------------------------------------
     def unwrapped(self) -> torch.nn.Module:
-        return self.accelerator.unwrap_model(self.model)
+        """The HF module under training (for its config and for hooks; under fsdp its parameters are shards:
+        read weights through :meth:`named_parameters`)."""
+        return self.scorer.lm
 
     def named_parameters(self) -> Iterator[tuple[str, torch.Tensor]]:
-        """What an engine's ``sync_weights`` takes (HF checkpoint names, wrapper prefixes stripped there)."""
-        return self.unwrapped().named_parameters()
+        """What an engine's ``sync_weights`` takes: ``(HF name, full tensor)`` lazily, one parameter at a time
+        (under fsdp each is gathered from the shards as the engine asks for it: never the whole model twice)."""
+        if not (self.strategy.gathers_parameters and self.group.world_size > 1):
+            yield from self.strategy.full_parameters(self.scorer.lm)
+            return
+        self._begin("publish", [None] * self.group.world_size)
+        params = self.strategy.full_parameters(self.scorer.lm)
+        try:
+            yield from params
+        finally:
+            for _ in params:  # a consumer that stopped early: the followers still gather every parameter
+                pass
+            self._end(None)
 
     def save_pretrained(self, path: str | Path) -> None:
         """HF-format weights + tokenizer (loadable by vLLM, transformers and ``longcot eval``)."""
-        self.unwrapped().save_pretrained(path)
-        self.tokenizer.save_pretrained(path)
+        if self.strategy.gathers_parameters:
+            state = self._run("model_state", [None] * self.group.world_size)[0]
+            self.scorer.lm.save_pretrained(path, state_dict=state)
+        else:
+            self.scorer.lm.save_pretrained(path)
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(path)
 
     # ---- state for resume -----------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        """Everything of the policy side but the weights (saved in HF format beside it)."""
-        return {"optimizer": self.optimizer.state_dict(), "version": self.version, "updates": self.updates}
+        """Everything of the policy side but the weights (saved in HF format beside it). The optimizer state is
+        the full one, keyed by parameter name, gathered on rank 0 for every strategy (strategy module doc)."""
+        optimizer = self._run("optimizer_state", [None] * self.group.world_size)[0]
+        return {"optimizer": optimizer, "version": self.version, "updates": self.updates,
+                "strategy": self.strategy.name}
 
     def load_state_dict(self, state: dict) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.version, self.updates = int(state["version"]), int(state["updates"])
+        counters = {"version": int(state["version"]), "updates": int(state["updates"])}
+        self._run("load_state", [(state["optimizer"], counters)] + [(None, counters)] * (self.group.world_size - 1))
 
     def load_weights(self, path: str | Path) -> None:
-        """Load HF-format weights saved by :meth:`save_pretrained` into the policy in place (the model object,
-        its optimizer binding and the reference built from the starting policy stay as they are).
+        """Load HF-format weights saved by :meth:`save_pretrained` into the policy in place, on every rank (the
+        optimizer binding and the reference built from the starting policy stay as they are): resume.
 
         Through ``from_pretrained``, not the safetensors files: transformers stores some modules in another
         layout on disk than in memory (Qwen3-MoE experts are fused in memory, per expert on disk) and converts
-        on load. The loaded copy lives on the CPU until its tensors are copied in."""
-        model = self.unwrapped()
-        loaded = type(model).from_pretrained(str(path), dtype=next(model.parameters()).dtype)
-        model.load_state_dict(loaded.state_dict(), strict=True)
+        on load. Rank 0 reads the checkpoint on the CPU; the strategy places it (broadcast or sharded)."""
+        lm = self.unwrapped()
+        loaded = type(lm).from_pretrained(str(path), dtype=torch.float32)
+        state = loaded.state_dict()
         del loaded
+        self._run("load_weights", [state] + [None] * (self.group.world_size - 1))
 
-    # ---- the update -----------------------------------------------------------------------------------------
-    def batches(self, model, trajs: list[Trajectory]) -> list[tuple[list[Trajectory], TokenBatch]]:
-        """Micro-batches for ``model`` as (trajectories, tensors on its device); the packed layout (index tensors
-        and per-response masks) is built only when ``model`` can use it."""
-        pack = can_pack(model)
-        return [(chunk, collate(chunk, self.tokenizer.pad_token_id, pack=pack, temperature=self.temperature)
-                 .to(self.accelerator.device))
-                for chunk in micro_batches(model, trajs, self.rl.micro_batch_size)]
-
+    # ---- log-probs without an update ------------------------------------------------------------------------
     def reference_logprobs(self, trajs: list[Trajectory]) -> list[list[float]]:
         """Per-token log-probs of each response under the frozen reference (KL in the reward)."""
         if self.ref_model is None:
             raise ValueError("reference_logprobs needs rl.kl_coef > 0 (no reference model was built)")
-        out: dict[int, list[float]] = {}
-        with torch.no_grad():
-            for chunk, batch in self.batches(self.ref_model, trajs):
-                lp = response_logprobs(self.ref_model, batch)[0]
-                for t, row in zip(chunk, lp.tolist(), strict=True):
-                    out[id(t)] = row[: len(t.response_ids)]
-        return [out[id(t)] for t in trajs]
+        return self._logprobs(trajs, "reference", None)
 
     def policy_logprobs(self, trajs: list[Trajectory]) -> list[list[float]]:
         """Per-token log-probs (temperature 1) of each response under the current weights: what a weight-sync
         check compares with the engine's own forward pass."""
+        return self._logprobs(trajs, "policy", 1.0)
+
+    def _logprobs(self, trajs: list[Trajectory], which: str, temperature: float | None) -> list[list[float]]:
+        planned = self._plan(trajs)
+        shares = self._shares([b for _, b in planned])
+        results = self._run("logprobs", [(which, temperature, share) for share, _ in shares])
         out: dict[int, list[float]] = {}
-        model = self.unwrapped()
-        with torch.no_grad():
-            for chunk, batch in self.batches(model, trajs):
-                lp = response_logprobs(model, batch, temperature=1.0)[0]
-                for t, row in zip(chunk, lp.tolist(), strict=True):
+        for (_, ids), rows in zip(shares, results, strict=True):
+            for i, lp in zip(ids, rows, strict=True):  # fillers return nothing
+                for t, row in zip(planned[i][0], lp.tolist(), strict=True):
                     out[id(t)] = row[: len(t.response_ids)]
         return [out[id(t)] for t in trajs]
 
+    def _op_logprobs(self, payload: tuple, timer: StepTimer) -> list[torch.Tensor]:
+        which, temperature, share = payload
+        model = self.model if which == "policy" else self.ref_model
+        rows = []
+        with torch.no_grad():
+            for b, filler in share:
+                lp = self._forward(model, b.to(self.device), temperature=temperature)[0]
+                if not filler:
+                    rows.append(lp.cpu())
+        return rows
+
+    # ---- the update -----------------------------------------------------------------------------------------
     def update(self, trajs: list[Trajectory], timer: StepTimer | None = None) -> dict:
         """``updates_per_step`` optimizer steps over the batch; bumps :attr:`version` only if the weights changed.
         On-policy with one update, pi_old is the current policy, so its log-probs come from the same forward
         pass (no recompute)."""
         timer = timer or StepTimer()
-        rl = self.rl
         live = [t for t in trajs if t.response_ids and any(t.mask())]
         if not live:  # nothing finished this step (partial rollouts) or nothing kept (dynamic sampling)
             return {"skipped_update": 1.0}
-        chunks = [batch for _, batch in self.batches(self.model, live)]
-        total_tokens = float(sum(c.mask.sum() for c in chunks))
-        total_seqs = float(sum((c.mask.sum(-1) > 0).sum() for c in chunks))
+        batches = [b for _, b in self._plan(live)]
+        totals = (float(sum(b.mask.sum() for b in batches)), float(sum((b.mask.sum(-1) > 0).sum() for b in batches)))
+        results = self._run("update", [(share, totals) for share, _ in self._shares(batches)], timer)
+        sums: dict[str, float] = {}
+        for part in results:  # each rank's token-weighted sums: their sum is the step's mean
+            for k, v in part.items():
+                sums[k] = sums.get(k, 0.0) + v
+        sums["grad_norm"] = results[0]["grad_norm"]  # the same global norm on every rank
+        sums["lr"] = self.rl.lr * self.lr_scale()
+        return sums
+
+    def _op_update(self, payload: tuple, timer: StepTimer) -> dict:
+        share, (total_tokens, total_seqs) = payload
+        rl = self.rl
+        chunks = [(b.to(self.device), filler) for b, filler in share]
         self._precompute(chunks, timer)
         if getattr(self.loss_fn, "reset_optimizer", False) or rl.reset_optimizer:
             self.optimizer.state.clear()  # k1.5: each iteration is a fresh mirror-descent problem
         sums: dict[str, float] = {}
         for update in range(rl.updates_per_step):
             with timer.phase("forward_backward"):
-                for c in chunks:
-                    m = self._micro_step(c, total_tokens, total_seqs, first=update == 0)
+                for i, (c, filler) in enumerate(chunks):
+                    with self.strategy.grad_sync(self.model, sync=i == len(chunks) - 1):
+                        loss, m = self._micro_step(c, filler, total_tokens, total_seqs, first=update == 0)
                     w = float(c.mask.sum()) / max(total_tokens, 1.0)
                     for k, v in m.items():
                         sums[k] = sums.get(k, 0.0) + v * w / rl.updates_per_step
+                    # each micro-batch's loss is already its share of the step's (whole-step denominators)
+                    sums["loss"] = sums.get("loss", 0.0) + loss / rl.updates_per_step
             with timer.phase("optimizer"):
-                grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), rl.grad_clip)
+                grad_norm = self.strategy.clip_grad_norm(self.model, rl.grad_clip)
                 for g in self.optimizer.param_groups:
                     g["lr"] = rl.lr * self.lr_scale()
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.updates += 1
         self.version += 1
-        sums["grad_norm"] = float(grad_norm)
-        sums["lr"] = rl.lr * self.lr_scale()
+        sums["grad_norm"] = grad_norm
         return sums
 
-    def _precompute(self, chunks: list[TokenBatch], timer: StepTimer) -> None:
+    def _precompute(self, chunks: list[tuple[TokenBatch, bool]], timer: StepTimer) -> None:
         """pi_old (several updates per batch) and reference log-probs (KL in the loss), once, before any update."""
         kl_in_loss = self.ref_model is not None and self.rl.kl_in == "loss"
         if self.rl.updates_per_step == 1 and not kl_in_loss:
             return
         with timer.phase("logprob_recompute"), torch.no_grad():
-            for c in chunks:
+            for c, _ in chunks:
                 if self.rl.updates_per_step > 1:
-                    c.old_logprobs = response_logprobs(self.model, c)[0]
+                    c.old_logprobs = self._forward(self.model, c)[0]
                 if kl_in_loss:
-                    c.ref_logprobs = response_logprobs(self.ref_model, c)[0]
+                    c.ref_logprobs = self._forward(self.ref_model, c)[0]
 
-    def _micro_step(self, c: TokenBatch, total_tokens: float, total_seqs: float, first: bool) -> dict:
+    def _forward(self, model, c: TokenBatch, **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Every forward of the policy or the reference goes through here (one place to hook, e.g. MoE
+        routing replay): response log-probs (and entropy) in the strategy's compute precision."""
+        with self.strategy.autocast():
+            return model(c, **kwargs)
+
+    def _micro_step(self, c: TokenBatch, filler: bool, total_tokens: float, total_seqs: float,
+                    first: bool) -> tuple[float, dict]:
+        """Forward and backward of one micro-batch: (its loss, its metrics as micro-batch means)."""
         rl = self.rl
-        logp, entropy = response_logprobs(self.model, c, with_entropy=True, entropy_grad=bool(rl.entropy_coef))
+        logp, entropy = self._forward(self.model, c, with_entropy=True, entropy_grad=bool(rl.entropy_coef))
+        if filler:  # a rank's extra micro-batch (equal counts): the collectives run, the gradient is exactly 0
+            (logp.sum() * 0.0).backward()
+            return 0.0, {}
         old = c.old_logprobs if c.old_logprobs is not None else logp.detach()
         batch = LossBatch(logprobs=logp, old_logprobs=old, advantages=c.advantages, mask=c.mask,
                           ref_logprobs=c.ref_logprobs, rollout_logprobs=c.rollout_logprobs,
@@ -179,10 +307,119 @@ class Learner:
                               max_len=self.recipe.rollout.max_tokens,
                               kl_coef=rl.kl_coef if rl.kl_in == "loss" else 0.0,
                               kl_estimator=rl.kl_estimator, entropy_coef=rl.entropy_coef, tis_cap=rl.tis_cap)
-        self.accelerator.backward(loss)
+        loss.backward()
         mask = c.mask
         n = mask.sum().clamp(min=1.0)
         m["entropy"] = float((entropy.detach() * mask).sum() / n)
         if first and c.rollout_logprobs is not None:  # the policy that sampled == the policy before the first update
             m["logprob_gap"] = float(((logp.detach() - c.rollout_logprobs).abs() * mask).sum() / n)
-        return m
+        return float(loss.detach()), m
+
+    # ---- planning (rank 0) ----------------------------------------------------------------------------------
+    def _plan(self, trajs: list[Trajectory]) -> list[tuple[list[Trajectory], TokenBatch]]:
+        """Token-budgeted micro-batches as (trajectories, tensors on the CPU)."""
+        chunks = micro_batches(trajs, self.rl.micro_batch_size, self.rl.micro_batch_tokens, pack=self.pack)
+        return [(chunk, collate(chunk, self.pad_id, pack=self.pack, temperature=self.temperature))
+                for chunk in chunks]
+
+    def _shares(self, batches: list[TokenBatch]) -> list[tuple[list[tuple[TokenBatch, bool]], list[int]]]:
+        """Per rank: its micro-batches (balanced by tokens), filled up to the same count with
+        :func:`filler_batch` entries, and their indices into ``batches``."""
+        world = self.group.world_size
+        costs = [int(b.mask.shape[0] * b.input_ids.shape[1]) if b.packed is None else b.packed.input_ids.shape[1]
+                 for b in batches]
+        per_rank = assign_to_ranks(costs, world)
+        count = max(len(ids) for ids in per_rank)
+        return [([(batches[i], False) for i in ids] + [(filler_batch(self.pad_id, self.pack), True)]
+                 * (count - len(ids)), ids) for ids in per_rank]
+
+    # ---- ops: rank 0 leads, every rank runs -----------------------------------------------------------------
+    def _run(self, op: str, payloads: list[Any], timer: StepTimer | None = None) -> list[Any]:
+        """Run ``_op_<op>`` on every rank (rank 0 gets ``payloads[0]``); returns every rank's result."""
+        mine = self._begin(op, payloads)
+        return self._end(getattr(self, f"_op_{op}")(mine, timer or StepTimer()))
+
+    def _begin(self, op: str, payloads: list[Any]) -> Any:
+        if self.group.world_size == 1:
+            return payloads[0]
+        self._in_flight = op
+        try:
+            return self.group.send(op, payloads)
+        except Exception as e:
+            raise self._rank_failure(op) from e
+
+    def _end(self, result: Any) -> list[Any]:
+        if self.group.world_size == 1:
+            return [result]
+        try:
+            results = self.group.gather(result)
+        except Exception as e:
+            raise self._rank_failure(self._in_flight) from e
+        self._in_flight = None
+        return results
+
+    def _rank_failure(self, op: str | None) -> RuntimeError:
+        return RuntimeError(f"trainer op {op!r} failed across the ranks (a follower failed or left; its own "
+                            "traceback is in the launcher's report)")
+
+    def _op_publish(self, payload: None, timer: StepTimer) -> None:
+        for _ in self.strategy.full_parameters(self.scorer.lm):  # followers: take part in each gather
+            pass
+
+    def _op_model_state(self, payload: None, timer: StepTimer) -> dict:
+        state = self.strategy.model_state_dict(self.scorer)
+        return state if self.group.rank == 0 else None
+
+    def _op_optimizer_state(self, payload: None, timer: StepTimer) -> dict | None:
+        state = self.strategy.optimizer_state_dict(self.scorer, self.optimizer)
+        if self.group.rank != 0 or state is None:
+            return None
+        # a snapshot: the helpers may return the live state tensors, which the next step updates in place
+        return tree_map_only(torch.Tensor, lambda t: t.detach().clone(), state)
+
+    def _op_load_state(self, payload: tuple, timer: StepTimer) -> None:
+        optimizer_state, counters = payload
+        if optimizer_state is not None:  # the loader may adopt these tensors as the live state: never the caller's
+            optimizer_state = tree_map_only(torch.Tensor, lambda t: t.detach().clone(), optimizer_state)
+        self.strategy.load_optimizer_state_dict(self.scorer, self.optimizer, optimizer_state)
+        self.version, self.updates = counters["version"], counters["updates"]
+
+    def _op_load_weights(self, payload: dict | None, timer: StepTimer) -> None:
+        self.strategy.load_model_state_dict(self.scorer, payload)
+
+    def serve(self) -> None:
+        """A follower's loop: run rank 0's ops until it says stop."""
+        while True:
+            op, payload = self.group.receive()
+            if op == "stop":
+                return
+            self.group.gather(getattr(self, f"_op_{op}")(payload, StepTimer()))
+
+    def close(self) -> None:
+        """Rank 0: tell the followers to stop (not while an op is in flight: after an error, whoever started
+        the ranks stops them by signal). Safe to call twice."""
+        if self.group.rank == 0 and self.group.world_size > 1 and self._in_flight is None:
+            with contextlib.suppress(Exception):
+                self.group.send("stop", [None] * self.group.world_size)
+            self._in_flight = "stop"
+
+
+def rank_main(rank: int, world_size: int, init_method: str, spec: RankSpec, local_rank: int | None = None,
+              driver: Any = None) -> None:
+    """A rank's whole life, whoever launched it: join the group, build the policy, then serve. Followers build
+    it on the meta device and get rank 0's weights by broadcast, then run rank 0's ops until it says stop.
+    Rank 0 with a ``driver`` channel (local mode, longcot.rl.remote) gets its weights and requests from it."""
+    cfg = spec.recipe.trainer
+    if spec.recipe.threads:
+        torch.set_num_threads(spec.recipe.threads)
+    device_type = resolve_device(cfg.device, rank if local_rank is None else local_rank).type
+    group = init_rank_group(rank, world_size, init_method, device_type, local_rank, cfg.timeout_minutes)
+    try:
+        if rank == 0 and driver is not None:
+            from longcot.rl.remote import serve_driver
+
+            serve_driver(spec, group, driver)
+        else:
+            Learner(spec.build_model(), None, spec.recipe, group=group).serve()
+    finally:
+        group.close()

@@ -2,8 +2,8 @@
 
 The loop knows nothing about which algorithm it runs: the advantage estimator and the policy loss are
 looked up by name (``rl.advantage.name``, ``rl.loss.name``) and called through ``assign_advantages`` and
-the :class:`~longcot.rl.learner.Learner`. Each step writes one row of metrics, including a time breakdown
-whose parts add up to the step time.
+the :class:`~longcot.rl.learner.Learner` (or its remote handle). Each step writes one row of metrics,
+including a time breakdown whose parts add up to the step time.
 """
 
 from __future__ import annotations
@@ -18,11 +18,12 @@ from longcot.rewards.registry import RewardSpec, compute_rewards, prepare_reward
 from longcot.rl.advantages import assign_advantages
 from longcot.rl.dynamic_sampling import dynamic_sample
 from longcot.rl.kl import apply_kl_to_rewards
-from longcot.rl.learner import Learner
 from longcot.rl.length_penalty import length_penalty_weight
+from longcot.rl.remote import make_learner
 from longcot.rl.sync_check import check_weight_sync
 from longcot.rl.timing import StepTimer
 from longcot.rollout.base import Engine, Prompt, SamplingConfig
+from longcot.rollout.colocate import engine_memory_released
 
 log = logging.getLogger(__name__)
 
@@ -59,17 +60,13 @@ class RLTrainer:
         self.recipe, self.rl = recipe, recipe.rl
         self.tokenizer, self.engine = tokenizer, engine
         self.next_prompts, self.on_results = next_prompts, on_results
-        self.learner = Learner(model, tokenizer, recipe)
+        self.learner = make_learner(model, tokenizer, recipe)  # in this process, or the trainer ranks' (ddp/fsdp)
         prepare_rewards(recipe.rewards)
 
     # The policy side, for callers that save or inspect it.
     @property
     def model(self):
         return self.learner.model
-
-    @property
-    def accelerator(self):
-        return self.learner.accelerator
 
     @property
     def version(self) -> int:
@@ -108,7 +105,8 @@ class RLTrainer:
     def train_on(self, trajs: list[Trajectory], step: int, timer: StepTimer) -> dict:
         """Update the policy on a scored batch, then publish the new weights to the engine. A skipped update
         (nothing to train on) changes no weights: no new version, no sync, no warm-up step."""
-        metrics = self.learner.update(trajs, timer)
+        with engine_memory_released(self.engine):  # vLLM sleep mode on a shared GPU; a no-op on CPU
+            metrics = self.learner.update(trajs, timer)
         if metrics.get("skipped_update"):
             return metrics
         with timer.phase("weight_sync"):

@@ -86,6 +86,9 @@ class VLLMEngine:
             logprobs_mode=logprobs_mode, **llm_kwargs,
         )
         self.start_s = time.perf_counter() - t0
+        # Sleep mode (longcot.rollout.colocate): CUDA only, and only if the engine was built for it.
+        self.can_sleep = bool(llm_kwargs.get("enable_sleep_mode")) and not current_platform.is_cpu()
+        self.asleep = False
         # The trainer shares this process and must keep control of its own thread count.
         torch.set_num_threads = set_threads
         log.info("vLLM engine up in %.2fs (%s, dtype=%s)", self.start_s, model_path, dtype)
@@ -182,6 +185,21 @@ class VLLMEngine:
         self.version = version
         self.last_sync_s = time.perf_counter() - t0
         log.debug("synced weights v%d in %.3fs", version, self.last_sync_s)
+
+    def release_memory(self) -> bool:
+        """Offload the weights to CPU and drop the KV cache (vLLM sleep mode, level 1) while a colocated trainer
+        updates; False (nothing done) without CUDA or ``enable_sleep_mode``."""
+        if not self.can_sleep or self.asleep:
+            return False
+        self.llm.sleep(level=1)
+        self.asleep = True
+        return True
+
+    def restore_memory(self) -> None:
+        """Bring weights and KV cache back (before the weight sync and the next generation)."""
+        if self.asleep:
+            self.llm.wake_up()
+            self.asleep = False
 
     def shutdown(self) -> None:
         """Free the engine so another ``VLLMEngine`` can start in this process."""

@@ -22,6 +22,7 @@ from dataclasses import dataclass, fields, replace
 import torch
 import torch.nn.functional as F
 
+from longcot.policies.moe import RoutingLayout, packed_layout, padded_layout, prompt_routing_key
 from longcot.record import Trajectory
 
 # The packed layout's masks (prompt x prompt and response x (prompt + response) per micro-batch) hold at most
@@ -47,6 +48,7 @@ class Packed:
     output_index: torch.Tensor  # [N] where token n's attention output sits in cat(prompt out, response out)
     logit_index: torch.Tensor  # [B, T] position in the row whose logits predict response token k
     targets: torch.Tensor  # [B, T] response token ids (0 past the end)
+    spans: torch.Tensor  # [B, 4] per trajectory: prompt start, prompt length, response start, response length
 
     def to(self, device: torch.device | str) -> Packed:
         return Packed(*(getattr(self, f.name).to(device) for f in fields(self)))
@@ -66,6 +68,9 @@ class TokenBatch:
     packed: Packed | None = None  # the same sequences without padding, prompts shared (see module doc)
     # [B] the temperature each response was sampled at (Trajectory.temperature, else the collate default)
     temperatures: torch.Tensor | None = None
+    # MoE: where each token sits in the forward that will run (packed row or padded rows), with the engine's
+    # expert ids per row for routing replay (longcot.policies.moe); None unless collate(routing=True)
+    routing: RoutingLayout | None = None
 
     @property
     def response_len(self) -> int:
@@ -77,10 +82,12 @@ class TokenBatch:
         return TokenBatch(**{k: v.to(device) if v is not None else None for k, v in moved.items()})
 
 
-def collate(trajs: list[Trajectory], pad_id: int, pack: bool = True, temperature: float = 1.0) -> TokenBatch:
+def collate(trajs: list[Trajectory], pad_id: int, pack: bool = True, temperature: float = 1.0,
+            routing: bool = False) -> TokenBatch:
     """Pad a list of trajectories into a :class:`TokenBatch` (advantage broadcast per token if scalar);
     with ``pack``, also lay it out without padding (:func:`pack_trajectories`) when it fits. ``temperature``
-    is the sampling temperature of trajectories that do not record their own."""
+    is the sampling temperature of trajectories that do not record their own. ``routing``: attach the MoE
+    routing layout of whichever layout the batch will run in (packed when it fits, else padded)."""
     lengths = [len(t.prompt_ids) + len(t.response_ids) for t in trajs]
     L, T = max(lengths), max(max(len(t.response_ids) for t in trajs), 1)
     B = len(trajs)
@@ -103,8 +110,12 @@ def collate(trajs: list[Trajectory], pad_id: int, pack: bool = True, temperature
                 roll[i, :r] = torch.tensor(t.rollout_logprobs[:r], dtype=torch.float)
     packed = pack_trajectories(trajs, T) if pack else None
     temps = torch.tensor([temperature if t.temperature is None else t.temperature for t in trajs])
+    layout = None
+    if routing:
+        layout = packed_layout(trajs, packed.spans, packed.input_ids.shape[1], T) if packed is not None \
+            else padded_layout(trajs, L, T)
     return TokenBatch(input_ids, attn, start, mask, adv, roll if _has_rollout_logprobs(trajs) else None,
-                      packed=packed, temperatures=temps)
+                      packed=packed, temperatures=temps, routing=layout)
 
 
 def _has_rollout_logprobs(trajs: list[Trajectory]) -> bool:
@@ -158,27 +169,30 @@ def pack_trajectories(trajs: list[Trajectory], T: int, max_tokens: int = MAX_PAC
             logit_index[i, :n_r] = torch.tensor([p0 + n_p - 1, *range(r0, r0 + n_r - 1)])
             targets[i, :n_r] = torch.tensor(t.response_ids)
     return Packed(torch.tensor([ids]), torch.tensor([pos]), prompt_index, prompt_mask[:, None], query_index,
-                  context_index, context_mask[:, None], output_index, logit_index, targets)
+                  context_index, context_mask[:, None], output_index, logit_index, targets,
+                  torch.tensor(spans, dtype=torch.long).reshape(-1, 4))
 
 
 def _one_row(trajs: list[Trajectory]) -> tuple[list[int], list[int], list[tuple[int, int]], list[tuple]]:
     """Token ids and positions of the row (each distinct prompt once, where it first appears, then each
     response), the prompts as (start, length), and per trajectory (prompt start, prompt length, response
-    start, response length)."""
-    first: dict[tuple[int, ...], int] = {}
+    start, response length). Samples share a prompt copy when its tokens and, for MoE routing replay, the
+    engine's routing of it are the same (:func:`~longcot.policies.moe.prompt_routing_key`)."""
+    first: dict[tuple, int] = {}
     ids: list[int] = []
     pos: list[int] = []
     spans: list[tuple[int, int, int, int]] = []
     for t in trajs:
         prompt = tuple(t.prompt_ids)
-        if prompt not in first:
-            first[prompt] = len(ids)
+        key = (prompt, prompt_routing_key(t))
+        if key not in first:
+            first[key] = len(ids)
             ids += prompt
             pos += range(len(prompt))
-        spans.append((first[prompt], len(prompt), len(ids), len(t.response_ids)))
+        spans.append((first[key], len(prompt), len(ids), len(t.response_ids)))
         ids += t.response_ids
         pos += range(len(prompt), len(prompt) + len(t.response_ids))
-    return ids, pos, [(start, len(p)) for p, start in first.items()], spans
+    return ids, pos, [(start, len(key[0])) for key, start in first.items()], spans
 
 
 def packed_attention(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask,

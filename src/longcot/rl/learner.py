@@ -8,6 +8,7 @@ must restore of the policy side: optimizer state, the policy version and the lea
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,9 +18,12 @@ import torch
 from accelerate import Accelerator
 
 from longcot.config import Recipe
+from longcot.policies.moe import MoERouting
+from longcot.policies.optimizers import build_optimizer, optimizer_metrics
 from longcot.record import Trajectory
 from longcot.rl.batch import TokenBatch, can_pack, collate, micro_batches, response_logprobs
 from longcot.rl.losses import LOSSES, LossBatch, policy_loss
+from longcot.rl.rollout_correction import mismatch_metrics, rejection_mask
 from longcot.rl.timing import StepTimer
 
 
@@ -35,18 +39,19 @@ class Learner:
         if self.rl.kl_coef:
             # The reference is the policy RL starts from; on resume it is rebuilt the same way (not stored).
             self.ref_model = copy.deepcopy(model).eval().requires_grad_(False).to(self.accelerator.device)
+        # MoE: routing replay, router statistics, aux loss (hooks on the policy's routers; the reference has none)
+        self.moe = MoERouting.for_model(model, self.rl.routing_replay, self.rl.router_aux_coef)
+        self._gaps: list[tuple[torch.Tensor, torch.Tensor]] = []  # (trainer, engine) log-probs of the first pass
         self.model, self.optimizer = self.accelerator.prepare(model, self._new_optimizer(model))
         self.temperature = recipe.rollout.temperature
         self.version = 0  # policy version: bumped by every update that changed the weights
         self.updates = 0  # optimizer steps taken (the learning-rate warm-up position)
 
     def _new_optimizer(self, model) -> torch.optim.Optimizer:
-        # fused: one kernel for all parameters instead of a Python loop over them (same update; 2-4x faster
-        # on the tiny MoE on CPU, where the per-parameter loop was most of the optimizer's time)
-        params = list(model.parameters())
-        fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
-        return torch.optim.AdamW(params, lr=self.rl.lr, betas=tuple(self.rl.betas),
-                                 weight_decay=self.rl.weight_decay, fused=fused)
+        """``rl.optimizer`` (adamw | muon | muonclip; policies/optimizers.py) over the policy."""
+        return build_optimizer(model, self.rl.optimizer, lr=self.rl.lr, betas=self.rl.betas,
+                               weight_decay=self.rl.weight_decay, options=self.rl.optimizer_options,
+                               where="rl.optimizer")
 
     def lr_scale(self) -> float:
         """Linear warm-up over ``rl.warmup_steps`` optimizer steps (skipped updates do not count)."""
@@ -80,8 +85,8 @@ class Learner:
         """Micro-batches for ``model`` as (trajectories, tensors on its device); the packed layout (index tensors
         and per-response masks) is built only when ``model`` can use it."""
         pack = can_pack(model)
-        return [(chunk, collate(chunk, self.tokenizer.pad_token_id, pack=pack, temperature=self.temperature)
-                 .to(self.accelerator.device))
+        return [(chunk, collate(chunk, self.tokenizer.pad_token_id, pack=pack, temperature=self.temperature,
+                                routing=self.moe is not None).to(self.accelerator.device))
                 for chunk in micro_batches(model, trajs, self.rl.micro_batch_size)]
 
     def reference_logprobs(self, trajs: list[Trajectory]) -> list[list[float]]:
@@ -103,7 +108,8 @@ class Learner:
         model = self.unwrapped()
         with torch.no_grad():
             for chunk, batch in self.batches(model, trajs):
-                lp = response_logprobs(model, batch, temperature=1.0)[0]
+                with self._routing(batch, first=True):
+                    lp = response_logprobs(model, batch, temperature=1.0)[0]
                 for t, row in zip(chunk, lp.tolist(), strict=True):
                     out[id(t)] = row[: len(t.response_ids)]
         return [out[id(t)] for t in trajs]
@@ -118,12 +124,11 @@ class Learner:
         if not live:  # nothing finished this step (partial rollouts) or nothing kept (dynamic sampling)
             return {"skipped_update": 1.0}
         chunks = [batch for _, batch in self.batches(self.model, live)]
+        sums: dict[str, float] = self._precompute(chunks, timer)  # may drop tokens (rollout rejection)
         total_tokens = float(sum(c.mask.sum() for c in chunks))
         total_seqs = float(sum((c.mask.sum(-1) > 0).sum() for c in chunks))
-        self._precompute(chunks, timer)
         if getattr(self.loss_fn, "reset_optimizer", False) or rl.reset_optimizer:
             self.optimizer.state.clear()  # k1.5: each iteration is a fresh mirror-descent problem
-        sums: dict[str, float] = {}
         for update in range(rl.updates_per_step):
             with timer.phase("forward_backward"):
                 for c in chunks:
@@ -141,23 +146,78 @@ class Learner:
         self.version += 1
         sums["grad_norm"] = float(grad_norm)
         sums["lr"] = rl.lr * self.lr_scale()
+        sums.update(optimizer_metrics(self.optimizer))  # MuonClip: max attention logit of the last step
+        sums.update(self._step_metrics())
         return sums
 
-    def _precompute(self, chunks: list[TokenBatch], timer: StepTimer) -> None:
-        """pi_old (several updates per batch) and reference log-probs (KL in the loss), once, before any update."""
+    def _precompute(self, chunks: list[TokenBatch], timer: StepTimer) -> dict[str, float]:
+        """pi_old (several updates per batch, or a rollout rejection mask, which must drop tokens before the loss
+        denominators are counted) and reference log-probs (KL in the loss), once, before any update."""
         kl_in_loss = self.ref_model is not None and self.rl.kl_in == "loss"
-        if self.rl.updates_per_step == 1 and not kl_in_loss:
-            return
+        corr = self.rl.rollout_correction
+        need_old = self.rl.updates_per_step > 1 or corr.rollout_rs is not None
+        metrics: dict[str, float] = {}
+        dropped = 0.0
+        if not need_old and not kl_in_loss:
+            return metrics
         with timer.phase("logprob_recompute"), torch.no_grad():
             for c in chunks:
-                if self.rl.updates_per_step > 1:
-                    c.old_logprobs = response_logprobs(self.model, c)[0]
+                if need_old:
+                    with self._routing(c, first=True) as p:
+                        c.old_logprobs = response_logprobs(self.model, c)[0]
+                    self._first_pass(c, c.old_logprobs, p)
+                if corr.rollout_rs is not None:
+                    dropped += self._reject(c, metrics)
                 if kl_in_loss:
                     c.ref_logprobs = response_logprobs(self.ref_model, c)[0]
+        return {k: v / max(sum(float(c.mask.sum()) for c in chunks) + dropped, 1.0) for k, v in metrics.items()}
+
+    def _reject(self, c: TokenBatch, metrics: dict[str, float]) -> float:
+        """Rollout rejection (masked IS / geometric-mean masking): drop tokens from the loss and its denominator.
+        Adds the chunk's token-weighted fractions to ``metrics``; returns the number of tokens dropped."""
+        corr = self.rl.rollout_correction
+        if c.rollout_logprobs is None:
+            raise ValueError("rl.rollout_correction.rollout_rs needs the engine's log-probs on every step")
+        keep, m = rejection_mask(c.old_logprobs, c.rollout_logprobs, c.mask, corr.rollout_rs,
+                                 corr.rollout_rs_threshold, corr.rollout_rs_threshold_lower)
+        before = float(c.mask.sum())
+        c.mask = c.mask * keep
+        for k, v in m.items():  # token-weighted over micro-batches
+            metrics[k] = metrics.get(k, 0.0) + v * before
+        return before - float(c.mask.sum())
+
+    def _routing(self, c: TokenBatch, first: bool, record: bool = False):
+        """The MoE hooks for one forward over ``c`` (replay per rl.routing_replay); a no-op for a dense model."""
+        if self.moe is None:
+            return contextlib.nullcontext()
+        return self.moe.forward(self.moe.replay_ids(c.routing, first), record=record or first)
+
+    def _first_pass(self, c: TokenBatch, logp: torch.Tensor, p) -> None:
+        """What the first forward over a micro-batch measures: mismatch samples, routing statistics, r2's ids."""
+        if c.rollout_logprobs is not None:
+            live = c.mask > 0
+            self._gaps.append((logp.detach()[live].cpu(), c.rollout_logprobs[live].cpu()))
+        if p is not None and self.moe is not None:
+            self.moe.observe(p, c.routing)
+            if self.moe.mode == "r2":
+                self.moe.keep_first_pass(c.routing, p)
+
+    def _step_metrics(self) -> dict[str, float]:
+        """Mismatch (logprob_gap, mismatch/*) and routing (routing/*, moe/*) metrics of the step's first pass."""
+        out: dict[str, float] = {}
+        if self._gaps:
+            out.update(mismatch_metrics(torch.cat([g[0] for g in self._gaps]), torch.cat([g[1] for g in self._gaps])))
+        self._gaps = []
+        if self.moe is not None:
+            out.update(self.moe.step_metrics())
+        return out
 
     def _micro_step(self, c: TokenBatch, total_tokens: float, total_seqs: float, first: bool) -> dict:
         rl = self.rl
-        logp, entropy = response_logprobs(self.model, c, with_entropy=True, entropy_grad=bool(rl.entropy_coef))
+        with self._routing(c, first, record=bool(rl.router_aux_coef)) as p:
+            logp, entropy = response_logprobs(self.model, c, with_entropy=True, entropy_grad=bool(rl.entropy_coef))
+        if first and c.old_logprobs is None:  # not measured by _precompute
+            self._first_pass(c, logp, p)
         old = c.old_logprobs if c.old_logprobs is not None else logp.detach()
         batch = LossBatch(logprobs=logp, old_logprobs=old, advantages=c.advantages, mask=c.mask,
                           ref_logprobs=c.ref_logprobs, rollout_logprobs=c.rollout_logprobs,
@@ -166,11 +226,14 @@ class Learner:
         loss, m = policy_loss(batch, rl.loss.name, rl.loss.options, agg=rl.aggregation,
                               max_len=self.recipe.rollout.max_tokens,
                               kl_coef=rl.kl_coef if rl.kl_in == "loss" else 0.0,
-                              kl_estimator=rl.kl_estimator, entropy_coef=rl.entropy_coef, tis_cap=rl.tis_cap)
+                              kl_estimator=rl.kl_estimator, entropy_coef=rl.entropy_coef,
+                              tis_cap=rl.rollout_correction.tis_cap)
+        if rl.router_aux_coef:
+            aux = self.moe.aux_loss(p, c.routing)
+            loss = loss + rl.router_aux_coef * aux * float(c.mask.sum()) / max(total_tokens, 1.0)
+            m["router_aux_loss"] = float(aux.detach())
         self.accelerator.backward(loss)
         mask = c.mask
         n = mask.sum().clamp(min=1.0)
         m["entropy"] = float((entropy.detach() * mask).sum() / n)
-        if first and c.rollout_logprobs is not None:  # the policy that sampled == the policy before the first update
-            m["logprob_gap"] = float(((logp.detach() - c.rollout_logprobs).abs() * mask).sum() / n)
         return m

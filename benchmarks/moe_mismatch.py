@@ -65,7 +65,7 @@ def score(model, moe, trajs, tok, mode: str, micro: int) -> dict:
     from longcot.rl.rollout_correction import mismatch_metrics
 
     moe.mode = mode
-    train, roll, exact = [], [], True
+    train, roll, exact, where = [], [], True, []
     for chunk in group_ordered_chunks(trajs, micro):
         b = collate(chunk, tok.pad_token_id, pack=True, routing=True)
         with torch.no_grad(), moe.forward(moe.replay_ids(b.routing, first=True), record=True) as p:
@@ -73,6 +73,7 @@ def score(model, moe, trajs, tok, mode: str, micro: int) -> dict:
         moe.observe(p, b.routing)
         live = b.mask > 0
         train.append(lp[live]), roll.append(b.rollout_logprobs[live])
+        where += [(t, k) for t in chunk for k in range(len(t.response_ids))]  # row-major, as lp[live]
         if mode == "r3":  # every row with an engine row dispatched to exactly the engine's experts, every layer
             rep = b.routing.replay
             for layer in range(moe.num_layers):
@@ -80,7 +81,16 @@ def score(model, moe, trajs, tok, mode: str, micro: int) -> dict:
                 exact &= bool(torch.equal(p.used[layer][have], rep[have, layer]))
     train, roll = torch.cat(train), torch.cat(roll)
     out = mismatch_metrics(train, roll)
-    out["mismatch/gap_p99"] = float((train - roll).abs().quantile(0.99))
+    gap = (train - roll).abs()
+    out["mismatch/gap_p99"] = float(gap.quantile(0.99))
+    big = gap > 0.05
+    out["tokens_gap_gt_0.05"] = int(big.sum())
+    out["median_train_logprob_gap_gt_0.05"] = float(train[big].median()) if bool(big.any()) else None
+    out["median_train_logprob_all"] = float(train.median())
+    out["largest_gaps"] = [  # the tokens behind the max: context (last 8 response tokens + the token), log-probs
+        {"gap": float(gap[i]), "train": float(train[i]), "engine": float(roll[i]),
+         "context": tok.decode(where[i][0].response_ids[max(0, where[i][1] - 8): where[i][1] + 1])}
+        for i in gap.argsort(descending=True)[:12].tolist()]
     out.update(moe.step_metrics())
     if mode == "r3":
         out["replay_exact"] = exact

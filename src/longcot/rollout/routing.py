@@ -67,6 +67,7 @@ class RoutingLog:
     num_experts: int
     active: bool = False
     steps: list[_Step] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
 
     def record(self, runner: Any, input_ids: torch.Tensor | None, positions: torch.Tensor, forward) -> Any:
         """Run one forward and file its rows (called instead of the runner's ``_model_forward``)."""
@@ -79,12 +80,16 @@ class RoutingLog:
         buf[:n].fill_(-1)
         out = forward()
         rows = buf[:n, self.layers].cpu()
+        # Errors are raised by stop(), after llm.generate returns: raising inside vLLM's engine loop would leave
+        # the in-process engine hanging instead of failing.
         if n and bool((rows < 0).any()):
             missing = sorted({self.layers[i] for i in torch.nonzero(rows < 0)[:, 1].tolist()})
-            raise RuntimeError(f"routing capture came back empty for MoE layers {missing} of a {n}-token forward: "
-                               "the router capture hook is not bound there (R3 would replay nothing)")
+            self.errors.append(f"routing capture came back empty for MoE layers {missing} of a {n}-token "
+                               "forward: the router capture hook is not bound there (R3 would replay nothing)")
+            return out
         if input_ids is None:
-            raise RuntimeError("routing capture needs token ids in the forward (this model passes embeddings)")
+            self.errors.append("routing capture needs token ids in the forward (this model passes embeddings)")
+            return out
         self.steps.append(_Step(list(runner.input_batch.req_ids[:n_reqs]), starts,
                                 positions[:n].cpu().numpy().copy(), input_ids[:n].cpu().numpy().copy(),
                                 compact(rows.numpy(), self.num_experts)))
@@ -92,11 +97,16 @@ class RoutingLog:
 
     def start(self) -> None:
         self.steps.clear()
+        self.errors.clear()
         self.active = True
 
     def stop(self) -> dict[tuple[str, int], tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Per request (external id, sample index): positions, token ids and rows of every forward, in order."""
         self.active = False
+        if self.errors:
+            errors, self.errors = list(self.errors), []
+            self.steps.clear()
+            raise RuntimeError(errors[0])
         parts: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
         for s in self.steps:
             for i, rid in enumerate(s.req_ids):

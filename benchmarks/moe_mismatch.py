@@ -40,6 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--micro-batch", type=int, default=64)
+    ap.add_argument("--timing-repeats", type=int, default=0,
+                    help="also time the same generate call with and without routing capture, alternating")
     ap.add_argument("--fp32-head", action="store_true",
                     help="run the engine's lm_head in fp32 (vLLM hf_overrides head_dtype=float32)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "moe_mismatch.json"))
@@ -97,6 +99,24 @@ def score(model, moe, trajs, tok, mode: str, micro: int) -> dict:
     return out
 
 
+def capture_timing(engine, prompts, sampling, repeats: int) -> dict | None:
+    """Median seconds of the same seeded generate call with and without routing capture (alternating, so host
+    load hits both), and their ratio: what capturing costs a rollout step."""
+    import dataclasses
+    import statistics
+
+    if repeats <= 0:
+        return None
+    times: dict[bool, list[float]] = {True: [], False: []}
+    for i in range(2 * repeats):
+        routed = (i % 2 == 0) == (i // 2 % 2 == 0)  # T F F T T F ...: neither side always goes first
+        t0 = time.perf_counter()
+        engine.generate(prompts, dataclasses.replace(sampling, routed_experts=routed))
+        times[routed].append(time.perf_counter() - t0)
+    on, off = statistics.median(times[True]), statistics.median(times[False])
+    return {"repeats": repeats, "median_s_capture": on, "median_s_no_capture": off, "ratio": on / off}
+
+
 def main() -> None:
     args = parse_args()
     import torch
@@ -120,8 +140,11 @@ def main() -> None:
     engine = VLLMEngine(path, tok, max_model_len=512, dtype=args.dtype, seed=args.seed, routing_capture=True,
                         **extra)
     try:
-        trajs = engine.generate(prompts, SamplingConfig(n=args.n, temperature=1.0, max_tokens=args.max_tokens,
-                                                        seed=args.seed, logprobs=True, routed_experts=True))
+        sampling = SamplingConfig(n=args.n, temperature=1.0, max_tokens=args.max_tokens, seed=args.seed,
+                                  logprobs=True, routed_experts=True)
+        trajs = engine.generate(prompts, sampling)
+        timing = capture_timing(engine, prompts, sampling, args.timing_repeats)
+        block_size = engine.llm.llm_engine.vllm_config.cache_config.block_size
     finally:
         engine.shutdown()
     gen_s = time.perf_counter() - t0
@@ -133,7 +156,8 @@ def main() -> None:
         "model": path, "engine_dtype": args.dtype, "engine_head_dtype": "float32" if args.fp32_head else args.dtype,
         "trainer_dtype": "float32",
         "samples": len(trajs), "response_tokens": sum(len(t.response_ids) for t in trajs),
-        "engine_seconds": round(gen_s, 1), "modes": modes,
+        "engine_seconds": round(gen_s, 1), "modes": modes, "capture_timing": timing,
+        "kv_block_size": block_size, "longest_prompt": max(len(p.prompt_ids) for p in prompts),
         "gap_max_ratio_none_over_r3": modes["none"]["mismatch/gap_max"] / max(modes["r3"]["mismatch/gap_max"], 1e-12),
         "host": platform.node(), "torch": torch.__version__,
     }
@@ -146,6 +170,8 @@ def main() -> None:
               f"{m['mismatch/gap_p99']:.2e} | {m['mismatch/gap_max']:.2e} | {m['mismatch/kl_k3']:.2e} | "
               f"{m['mismatch/frac_gap_gt_0.1']:.4f} |")
     print(f"max gap none / r3: {result['gap_max_ratio_none_over_r3']:.1f}x; r3 exact: {modes['r3']['replay_exact']}")
+    if timing:
+        print(f"generate with / without routing capture: {timing['ratio']:.3f} (medians of {timing['repeats']})")
 
 
 if __name__ == "__main__":

@@ -190,3 +190,29 @@ def test_dense_models_refuse_replay():
     assert MoERouting.for_model(dense) is None
     with pytest.raises(ValueError, match="need an MoE policy"):
         MoERouting.for_model(dense, "r3")
+
+
+def test_learner_adds_the_aux_loss_in_the_packed_layout(model):
+    """rl.router_aux_coef: the learner adds the balancing loss (packed layout, no output_router_logits), logs it,
+    and it changes the routers' gradient but not the head's (which comes after every router)."""
+    import copy
+
+    from longcot.config import load_recipe
+    from longcot.rl.learner import Learner
+
+    tok = build_tokenizer()
+    trajs = [traj([5, 6, 7], [8, 9, 10], seed=1, advantage=1.0), traj([5, 6, 7], [11, 12], seed=2, advantage=-1.0)]
+    grads = {}
+    for coef in (0.0, 1.0):
+        learner = Learner(copy.deepcopy(model), tok, load_recipe(None, [f"rl.router_aux_coef={coef}",
+                                                                        "rl.grad_clip=1e9"]))
+        learner.optimizer.step = lambda: None  # keep the gradients of one backward for comparison
+        learner.optimizer.zero_grad = lambda set_to_none=True: None
+        m = learner.update(trajs)
+        grads[coef] = {n: p.grad.clone() for n, p in learner.named_parameters() if p.grad is not None}
+        if coef:
+            assert 1.0 <= m["router_aux_loss"] < E  # 1 when balanced, E when everything goes to one expert
+        learner.moe.remove()
+    router = "model.layers.0.mlp.gate.weight"
+    assert not torch.allclose(grads[0.0][router], grads[1.0][router])
+    assert torch.allclose(grads[0.0]["lm_head.weight"], grads[1.0]["lm_head.weight"])

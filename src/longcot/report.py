@@ -50,7 +50,10 @@ def plot_metric_grid(rows: list[dict], curves: tuple[tuple[str, str], ...], out_
 
     nrows = -(-len(curves) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.2 * nrows), squeeze=False)
-    for ax, (key, title) in zip(axes.flat, curves, strict=True):
+    flat = list(axes.flat)
+    for ax in flat[len(curves):]:  # a last row with fewer panels than columns
+        ax.axis("off")
+    for ax, (key, title) in zip(flat[: len(curves)], curves, strict=True):
         pts = [(r["step"], r[key]) for r in rows if key in r]
         if pts:
             ax.plot(*zip(*pts, strict=True), lw=1.2)

@@ -216,3 +216,11 @@ def test_learner_adds_the_aux_loss_in_the_packed_layout(model):
     router = "model.layers.0.mlp.gate.weight"
     assert not torch.allclose(grads[0.0][router], grads[1.0][router])
     assert torch.allclose(grads[0.0]["lm_head.weight"], grads[1.0]["lm_head.weight"])
+
+
+def test_an_empty_response_keeps_its_prompt_rows():
+    a = Trajectory("p", "g", [5, 6, 7], [], [], routed_experts=engine_rows(2, seed=1))  # P + 0 - 1 rows
+    b = traj([5, 6, 7], [8, 9], seed=2)
+    b.routed_experts[:2] = a.routed_experts
+    lay = collate([a, b], pad_id=0, pack=True, routing=True).routing
+    np.testing.assert_array_equal(lay.replay[:2].numpy(), a.routed_experts)

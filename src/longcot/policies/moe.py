@@ -143,8 +143,8 @@ def packed_layout(trajs: list[Trajectory], spans: torch.Tensor, num_rows: int, r
         if replay is None or rows[i] is None:
             continue
         eng = torch.from_numpy(rows[i].astype(np.int64))
-        if p0 not in filled:
-            replay[p0 : p0 + n_p] = eng[:n_p]
+        if p0 not in filled:  # (an empty response has rows for all but the last prompt token)
+            replay[p0 : p0 + min(n_p, len(eng))] = eng[:n_p]
             filled.add(p0)
         have = max(0, min(n_r, len(eng) - n_p))
         replay[r0 : r0 + have] = eng[n_p : n_p + have]

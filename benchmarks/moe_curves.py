@@ -42,6 +42,8 @@ def numbers(run: Path) -> dict:
     out: dict = {"run": str(run), "steps": len(rows), "heldout": heldout_points(run, rows)}
     if not rows:
         return out
+    # steps with at least one token whose engine/trainer ratio is beyond e (or its inverse): the flip outliers
+    out["steps_gap_max_gt_1"] = sum(r.get("mismatch/gap_max", 0.0) > 1.0 for r in rows)
     out["reward_first20"] = statistics.fmean(r["reward_mean"] for r in rows[:20])
     out["reward_last20"] = statistics.fmean(r["reward_mean"] for r in rows[-20:])
     for key in ("logprob_gap", "mismatch/gap_max", "mismatch/kl_k3", "mismatch/frac_gap_gt_0.1", "routing/agreement",

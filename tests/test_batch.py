@@ -1,5 +1,6 @@
 """Trajectories -> tensors -> response log-probs, checked against a direct per-sequence computation."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -66,14 +67,16 @@ def test_length_sorted_chunks_group_similar_lengths():
 def test_batch_moves_to_the_model_device_whole():
     """Collation runs on the CPU; the trainer moves each micro-batch to the model's device. Every tensor,
     the packed layout included, must travel (a GPU policy fails on the first one left behind)."""
-    trajs = [Trajectory("a", "g", [5, 6], [8, 9], [-1.0, -1.0], advantage=1.0),
-             Trajectory("b", "g", [5, 6], [10], [-1.0], advantage=-1.0)]
-    b = collate(trajs, pad_id=0)
+    trajs = [Trajectory("a", "g", [5, 6], [8, 9], [-1.0, -1.0], advantage=1.0,
+                        routed_experts=np.zeros((3, 2, 2), np.uint8)),
+             Trajectory("b", "g", [5, 6], [10], [-1.0], advantage=-1.0, routed_experts=np.zeros((2, 2, 2), np.uint8))]
+    b = collate(trajs, pad_id=0, routing=True)
     b.old_logprobs = torch.zeros_like(b.mask)
     moved = b.to("meta")
     values = list(vars(moved).values()) + list(vars(moved.packed).values())
+    values += [v for v in vars(moved.routing).values() if v is not None]  # MoE routing layout (replay rows)
     tensors = [v for v in values if isinstance(v, torch.Tensor)]
-    assert len(tensors) == 18 and all(t.device.type == "meta" for t in tensors)
+    assert len(tensors) == 21 and all(t.device.type == "meta" for t in tensors)
     assert moved.ref_logprobs is None and b.mask.device.type == "cpu"
 
 

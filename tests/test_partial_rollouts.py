@@ -82,7 +82,7 @@ def test_group_returned_only_when_all_members_finished():
     assert a1.segments == [Segment(0, 10, 0), Segment(10, 20, 1), Segment(20, 23, 2)]
     assert a0.segments == [Segment(0, 5, 0)]
     assert a1.rollout_logprobs == pytest.approx([-k / 100 for k in range(23)])  # engine logprobs per segment
-    assert a1.loss_mask == []  # train_segments=all: every token (old ones IS-corrected by rl.tis_cap)
+    assert a1.loss_mask == []  # train_segments=all: every token (old ones IS-corrected: rl.rollout_correction)
     m = pr.last_metrics
     assert m["partial/returned"] == 2 and m["partial/segments_per_traj"] == 2.0
     assert m["partial/staleness_max"] == 2 and m["partial/buffered"] == 0
@@ -148,10 +148,11 @@ def test_stop_string_across_segments_and_group_tag_reuse():
 
 def test_recipe_and_config_errors():
     r = load_recipe("recipes/tiny/arith-moe-partial.yaml")
-    assert r.partial.enabled and r.data.long_tail_frac > 0 and r.rl.tis_cap
-    with pytest.raises(ConfigError, match="tis_cap"):
-        load_recipe("recipes/tiny/arith-moe-partial.yaml", ["rl.tis_cap=null"])
-    assert load_recipe("recipes/tiny/arith-moe-partial.yaml", ["rl.tis_cap=null", "partial.train_segments=current"])
+    assert r.partial.enabled and r.data.long_tail_frac > 0 and r.rl.rollout_correction.tis_cap == 2.0
+    off = "rl.rollout_correction.rollout_is=null"
+    with pytest.raises(ConfigError, match="rollout_correction"):
+        load_recipe("recipes/tiny/arith-moe-partial.yaml", [off])
+    assert load_recipe("recipes/tiny/arith-moe-partial.yaml", [off, "partial.train_segments=current"])
     with pytest.raises(ConfigError, match="token_budget"):
         load_recipe("recipes/tiny/arith-moe-partial.yaml", ["partial.token_budget=0"])
     with pytest.raises(ConfigError, match="on_stale"):

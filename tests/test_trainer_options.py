@@ -76,7 +76,8 @@ def test_engine_logprobs_every_k_steps_unless_the_loss_needs_them(policy):
     assert [bool(trajs[0].rollout_logprobs) for _, trajs in rows] == [True, False, True]
     assert [("logprob_gap" in row) for row, _ in rows] == [True, False, True]
     assert rows[0][0]["logprob_gap"] < 1e-4  # on-policy: engine and trainer agree
-    tis = make_trainer(policy, ["rollout.logprobs_every=0", "rl.tis_cap=2.0"], [RewardSpec("test_half_constant")])
+    tis = make_trainer(policy, ["rollout.logprobs_every=0", "rl.rollout_correction.rollout_is=token"],
+                       [RewardSpec("test_half_constant")])
     rows = [tis.step(k) for k in range(2)]
     assert all(t.rollout_logprobs for _, trajs in rows for t in trajs if t.response_ids)
     assert all("rollout_logprob_gap" in row for row, _ in rows)
@@ -93,7 +94,8 @@ def test_dynamic_sampling_with_partial_rollouts_is_rejected():
     from longcot.config import ConfigError
 
     with pytest.raises(ConfigError, match="cannot be combined"):
-        load_recipe(None, ["rl.dynamic_sampling=true", "partial.enabled=true", "rl.tis_cap=2"])
+        load_recipe(None, ["rl.dynamic_sampling=true", "partial.enabled=true",
+                           "rl.rollout_correction.rollout_is=token"])
 
 
 def test_skipped_update_changes_no_version_sync_or_warmup(policy):

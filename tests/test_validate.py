@@ -50,12 +50,12 @@ def test_dry_run_rejects_a_missing_data_file(capsys):
 
 
 @pytest.mark.parametrize("sampling", [["rollout.top_p=0.9"], ["rollout.top_k=20"]])
-@pytest.mark.parametrize("reader", [["rl.tis_cap=2.0"], ["rl.kl_coef=0.01", "rl.kl_in=reward"]])
+@pytest.mark.parametrize("reader", [["rl.rollout_correction.rollout_is=token"], ["rl.kl_coef=0.01", "rl.kl_in=reward"]])
 def test_dry_run_rejects_truncated_sampling_with_engine_logprobs(capsys, sampling, reader):
     rc, err = dry_run(capsys, *sampling, *reader)
     key = sampling[0].split("=")[0]
     assert rc == 2 and f"'{key}': top_p=" in err and "biased" in err
-    assert (reader[0].split("=")[0] if len(reader) == 1 else "rl.kl_in=reward") in err
+    assert ("rl.rollout_correction" if len(reader) == 1 else "rl.kl_in=reward") in err
 
 
 def test_truncated_sampling_alone_is_allowed(capsys):

@@ -79,7 +79,8 @@ def run_sft_stage(recipe: Recipe, model, tokenizer, task: Task, run: RunDir) -> 
                       batch_size=recipe.sft.batch_size, warmup_ratio=recipe.sft.warmup_ratio,
                       weight_decay=recipe.sft.weight_decay, seed=recipe.seed, max_length=recipe.sft.max_length,
                       gradient_checkpointing=recipe.sft.gradient_checkpointing, device=device.type,
-                      precision=resolve_precision(recipe.trainer.precision, device))
+                      precision=resolve_precision(recipe.trainer.precision, device),
+                      optimizer=recipe.sft.optimizer, optimizer_options=recipe.sft.optimizer_options)
     run.update_summary(sft={"examples": len(pairs), **metrics})
     return str(out)
 
@@ -112,7 +113,7 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict
     max_len = max(recipe.rollout.max_model_len, longest_prompt(task, tokenizer)
                   + max(recipe.rollout.max_tokens, recipe.eval.max_tokens))
     engine = build_engine(recipe.rollout.engine, policy_path, tokenizer, max_model_len=max_len, seed=recipe.seed,
-                          **recipe.rollout.engine_options)
+                          **engine_options(recipe, model))
     engine = agents.wrap_engine(engine, recipe, tokenizer, run.root / "agents", policy_path)  # as is unless enabled
     trainer = None
     try:
@@ -143,6 +144,21 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict
 
         plot_agent_curves(run.root)  # agents/curves.png: sub-agents, critical path, PARL reward terms
     return run.summary
+
+
+def engine_options(recipe: Recipe, model) -> dict:
+    """The recipe's engine options, plus MoE routing capture on vLLM when RL trains an MoE policy: R3 replays the
+    engine's experts, and the routing agreement metric compares them with the trainer's (docs/moe.md). An
+    explicit ``rollout.engine_options.routing_capture`` wins."""
+    from longcot.policies.moe import is_moe
+
+    options = dict(recipe.rollout.engine_options)
+    if recipe.rollout.engine == "vllm" and recipe.rl.enabled and recipe.rl.steps > 0:
+        options.setdefault("routing_capture", recipe.rl.routing_replay == "r3" or is_moe(model))
+    if recipe.rl.routing_replay == "r3" and not options.get("routing_capture"):
+        raise ValueError("rl.routing_replay=r3 needs the engine's expert ids: do not set "
+                         "rollout.engine_options.routing_capture to false")
+    return options
 
 
 def longest_prompt(task: Task, tokenizer) -> int:

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import numpy as np
+
 Finish = Literal["stop", "length", "budget", "repeat"]
 
 
@@ -58,6 +60,12 @@ class Trajectory:
     # through the distribution that was sampled (sub-agents may sample at another temperature than the
     # orchestrator). None: the recipe's rollout.temperature. 0 (greedy) is trained at temperature 1.
     temperature: float | None = None
+    # MoE routing replay (R3): the top-k expert ids the engine routed each token to, [P + R - 1, moe_layers, k]
+    # (row i: the token at position i of prompt + response; the last response token is never fed to the model,
+    # so it has none). Compact integers (uint8 up to 256 experts, else int16): a float32 copy would be 4x the
+    # size, and a long rollout of a large MoE stores tokens x layers x k of them. Rows of a partial rollout come
+    # from the segment that first computed each position. None: the step did not ask (SamplingConfig).
+    routed_experts: np.ndarray | None = None
 
     @property
     def num_response_tokens(self) -> int:

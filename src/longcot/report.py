@@ -15,6 +15,13 @@ from longcot.jsonl import read_jsonl
 from longcot.plots import save_figure
 
 CURVES = (("reward_mean", "reward"), ("accuracy", "train accuracy"), ("response_len_mean", "response length (tokens)"))
+# Drawn too when a run logged them: rollout/trainer mismatch, MoE routing, MuonClip (docs/moe.md)
+EXTRA_CURVES = (("logprob_gap", "log-prob gap (mean)"), ("mismatch/gap_max", "log-prob gap (max)"),
+                ("routing/agreement", "routing agreement"), ("qk_clip/max_logit", "max attention logit"))
+# What `longcot report` summarises per run (mean over the steps that logged it, and the last value)
+SUMMARY_KEYS = ("logprob_gap", "mismatch/gap_max", "mismatch/kl_k3", "mismatch/frac_gap_gt_0.1",
+                "rollout_rs/masked_frac", "routing/agreement", "moe/load_max_over_mean", "moe/load_entropy",
+                "moe/dead_experts", "router_aux_loss", "qk_clip/max_logit", "qk_clip/clipped_heads")
 
 
 def read_metrics(path: str | Path) -> list[dict]:
@@ -24,9 +31,11 @@ def read_metrics(path: str | Path) -> list[dict]:
 
 
 def plot_curves(metrics_path: str | Path, out_png: str | Path) -> Path | None:
-    """Reward, accuracy and response length per RL step (and held-out accuracy when logged)."""
-    return plot_metric_grid(read_metrics(metrics_path), CURVES, out_png, ncols=len(CURVES),
-                            heldout={"accuracy": "eval/accuracy"})
+    """Reward, accuracy and response length per RL step (and held-out accuracy when logged), plus the mismatch,
+    routing and attention-logit curves of runs that logged them."""
+    rows = read_metrics(metrics_path)
+    curves = CURVES + tuple(c for c in EXTRA_CURVES if any(c[0] in r for r in rows))
+    return plot_metric_grid(rows, curves, out_png, ncols=len(CURVES), heldout={"accuracy": "eval/accuracy"})
 
 
 def plot_metric_grid(rows: list[dict], curves: tuple[tuple[str, str], ...], out_png: str | Path, ncols: int,
@@ -42,7 +51,10 @@ def plot_metric_grid(rows: list[dict], curves: tuple[tuple[str, str], ...], out_
 
     nrows = -(-len(curves) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.2 * nrows), squeeze=False)
-    for ax, (key, title) in zip(axes.flat, curves, strict=True):
+    flat = list(axes.flat)
+    for ax in flat[len(curves):]:  # a last row with fewer panels than columns
+        ax.axis("off")
+    for ax, (key, title) in zip(flat[: len(curves)], curves, strict=True):
         pts = [(r["step"], r[key]) for r in rows if key in r]
         if pts:
             ax.plot(*zip(*pts, strict=True), lw=1.2)
@@ -93,7 +105,31 @@ def render(run_dir: str | Path) -> str:
         for label, r in (("first", rows[0]), ("last", rows[-1])):
             lines.append(f"{label} step: reward {r['reward_mean']:.3f}  acc {r['accuracy']:.3f}  "
                          f"len {r['response_len_mean']:.1f}  tokens/s {r.get('tokens_per_s', 0):.0f}")
+        lines += mismatch_summary(rows)
     return "\n".join(lines)
+
+
+def mismatch_summary(rows: list[dict]) -> list[str]:
+    """Rollout/trainer mismatch, MoE routing and expert load, MuonClip: mean and last value of each metric a run
+    logged, and the per-layer routing agreement and expert load (docs/moe.md). Empty when none was logged."""
+    keys = [k for k in SUMMARY_KEYS if any(k in r for r in rows)]
+    if not keys:
+        return []
+    lines = ["mismatch / MoE:             mean       last  (steps)"]
+    for k in keys:
+        vals = [r[k] for r in rows if k in r]
+        lines.append(f"  {k:<24} {statistics.fmean(vals):10.4g} {vals[-1]:10.4g}  ({len(vals)})")
+    layers = sorted({k.rsplit("/", 1)[1] for r in rows for k in r if k.startswith("routing/agreement/l")
+                     or k.startswith("moe/load_entropy/l")}, key=lambda x: int(x[1:]))
+    for layer in layers:
+        parts = []
+        for name, key in (("agreement", "routing/agreement"), ("load max/mean", "moe/load_max_over_mean"),
+                          ("load entropy", "moe/load_entropy"), ("dead experts", "moe/dead_experts")):
+            vals = [r[f"{key}/{layer}"] for r in rows if f"{key}/{layer}" in r]
+            if vals:
+                parts.append(f"{name} {statistics.fmean(vals):.4f}")
+        lines.append(f"  layer {layer[1:]}: " + ", ".join(parts))
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:

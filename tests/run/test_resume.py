@@ -82,7 +82,9 @@ def test_killed_mid_generation_optimizer_and_state_write_resumes_bit_exact(out, 
     gen = "longcot.rollout.vllm:VLLMEngine.generate"
     first = train(out, "chain", fault=(gen, 4, "KILL", "before"))
     assert first.returncode == -9 and (run / "states/latest").read_text().strip() == "step-00000002"
-    second = train(out, "chain", "--resume", fault=("torch.optim:AdamW.step", 2, "KILL", "after"))
+    # (the learner's update, not AdamW.step: loading a state calls step() once with zero grads and lr 0, torch
+    # DCP's way to create the optimizer state before filling it)
+    second = train(out, "chain", "--resume", fault=("longcot.rl.learner:Learner._op_update", 2, "KILL", "after"))
     assert second.returncode == -9 and len(rows(run)) == 3  # step 3 was updated in memory, never saved
     third = train(out, "chain", "--resume", fault=(gen, 2, "TERM", "before"))
     assert third.returncode == 143, third.stderr[-3000:]

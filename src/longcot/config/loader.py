@@ -195,7 +195,9 @@ def build(cls: type[T], data: dict, source: Source | None = None, prefix: str = 
     for key, value in data.items():
         path = f"{prefix}.{key}" if prefix else str(key)
         if key not in fields:
-            raise ConfigError(f"{source.of(path)}: unknown key '{path}'{did_you_mean(str(key), fields)}; "
+            moved = getattr(cls, "MOVED_KEYS", {}).get(key)
+            hint = f" (moved: {moved})" if moved else did_you_mean(str(key), fields)
+            raise ConfigError(f"{source.of(path)}: unknown key '{path}'{hint}; "
                               f"valid keys{' in ' + prefix if prefix else ''}: {', '.join(fields)}")
         kwargs[key] = _coerce(value, hints[key], path, source)
     try:

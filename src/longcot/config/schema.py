@@ -7,7 +7,7 @@ name and validated against its signature, so adding a loss never touches this fi
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from longcot.long2short.config import Long2ShortConfig
 from longcot.rewards.registry import RewardSpec
@@ -46,6 +46,42 @@ class DataConfig:
 
 
 @dataclass
+class RolloutCorrectionConfig:
+    """Corrections for the engine that sampled (pi_rollout) differing from the trainer (pi_old), named as in verl's
+    rollout correction (docs/moe.md; longcot/rl/rollout_correction.py). They need engine log-probs, which every
+    step then asks for. Ratios are rho = pi_old / pi_rollout per token."""
+
+    rollout_is: Literal["token"] | None = None  # token-level truncated IS: weight min(rho, rollout_is_threshold)
+    rollout_is_threshold: float = 2.0
+    # rejection: "token" = token-level masked IS (IcePop: drop tokens whose rho leaves [lower, upper]);
+    # "geometric" = sequence-level geometric-mean masking (drop sequences whose exp(mean log rho) leaves it)
+    rollout_rs: Literal["token", "geometric"] | None = None
+    rollout_rs_threshold: float | None = None  # upper bound (e.g. 2.0 token, 1.001 geometric); required with rs
+    rollout_rs_threshold_lower: float | None = None  # lower bound; None: 1 / upper
+
+    def __post_init__(self) -> None:
+        if self.rollout_is is not None and self.rollout_is_threshold <= 0:
+            raise ValueError(f"rollout_correction.rollout_is_threshold must be > 0, got {self.rollout_is_threshold}")
+        if self.rollout_rs is not None:
+            up, lo = self.rollout_rs_threshold, self.rollout_rs_threshold_lower
+            if up is None:
+                raise ValueError(f"rollout_correction.rollout_rs={self.rollout_rs!r} needs rollout_rs_threshold (the "
+                                 "upper ratio bound, e.g. 2.0 for token, 1.001 for geometric)")
+            if up < 1 or (lo is not None and not 0 < lo <= 1):
+                raise ValueError("rollout_correction: need rollout_rs_threshold >= 1 and 0 < "
+                                 f"rollout_rs_threshold_lower <= 1, got {up} and {lo}")
+
+    @property
+    def active(self) -> bool:
+        return self.rollout_is is not None or self.rollout_rs is not None
+
+    @property
+    def tis_cap(self) -> float | None:
+        """The truncation cap of token-level truncated IS, or None when it is off."""
+        return self.rollout_is_threshold if self.rollout_is == "token" else None
+
+
+@dataclass
 class SFTConfig:
     enabled: bool = True
     num_examples: int = 4000
@@ -58,6 +94,8 @@ class SFTConfig:
     # third more compute; off by default here, and never carried into RL (run_sft restores the model)
     gradient_checkpointing: bool = False
     max_length: int = 1024  # tokens per SFT example (prompt + completion); longer ones are truncated by TRL
+    optimizer: str = "adamw"  # adamw | muon | muonclip (longcot/policies/optimizers.py; docs/moe.md)
+    optimizer_options: dict[str, Any] = field(default_factory=dict)  # e.g. {momentum: 0.95, qk_clip_tau: 100}
 
 
 @dataclass
@@ -72,7 +110,7 @@ class RolloutConfig:
     max_model_len: int = 1024
     engine_options: dict[str, Any] = field(default_factory=dict)
     # Ask the engine for the sampled tokens' log-probs on every k-th step (0: never). On-policy losses do not
-    # use them; they feed the logprob_gap metric (rollout vs trainer mismatch) on those steps. rl.tis_cap and
+    # use them; they feed the logprob_gap metric (rollout vs trainer mismatch) on those steps. rl.rollout_correction and
     # rl.kl_in=reward need them and get them on every step whatever this says. Default: every step (DESIGN.md
     # logs the gap every step); the tiny recipes use 10, as they cost ~10% of a CPU decode step.
     logprobs_every: int = 1
@@ -114,7 +152,14 @@ class RLConfig:
     kl_coef: float = 0.0
     kl_estimator: Literal["k1", "k2", "k3"] = "k3"
     entropy_coef: float = 0.0
-    tis_cap: float | None = None  # truncated importance sampling cap against engine logprobs
+    # Rollout/trainer mismatch corrections (truncated IS, masked IS, geometric-mean masking); docs/moe.md
+    rollout_correction: RolloutCorrectionConfig = field(default_factory=RolloutCorrectionConfig)
+    # MoE routing replay (docs/moe.md): none | r3 (replay the engine's experts: vLLM captures them every step)
+    # | r2 (replay the trainer's own first-pass experts across updates_per_step > 1)
+    routing_replay: Literal["none", "r3", "r2"] = "none"
+    router_aux_coef: float = 0.0  # MoE load-balancing loss weight in RL; off: RL should not move routing on its own
+    optimizer: str = "adamw"  # adamw | muon | muonclip (longcot/policies/optimizers.py)
+    optimizer_options: dict[str, Any] = field(default_factory=dict)  # e.g. {momentum: 0.95, qk_clip_tau: 100}
     reset_optimizer: bool = False  # clear optimizer state every iteration (k1.5; the k15 loss asks for it)
     kl_in: Literal["loss", "reward"] = "loss"  # where kl_coef applies: per-token loss term, or subtracted from R
     dynamic_sampling: bool = False  # DAPO: drop groups whose rewards are all equal, refill up to prompts_per_step
@@ -125,6 +170,17 @@ class RLConfig:
     # the end and on SIGTERM/Ctrl-C; `longcot train ... --resume` continues from the latest. 0: end/signal only.
     checkpoint_every: int = 50
     keep_checkpoints: int = 2  # newest training states kept on disk (0: all)
+
+    # rl.tis_cap was one correction among several; it lives in rollout_correction now (loader names the move)
+    MOVED_KEYS: ClassVar[dict[str, str]] = {
+        "tis_cap": "rl.rollout_correction: {rollout_is: token, rollout_is_threshold: <cap>}"}
+
+    def __post_init__(self) -> None:
+        if self.router_aux_coef < 0:
+            raise ValueError(f"rl.router_aux_coef must be >= 0, got {self.router_aux_coef}")
+        if self.routing_replay == "r2" and self.updates_per_step < 2:
+            raise ValueError("rl.routing_replay=r2 replays the first pass's routing in the later passes over a batch: "
+                             "it needs rl.updates_per_step >= 2 (use r3 to replay the engine's routing)")
 
 
 @dataclass
@@ -209,7 +265,7 @@ class PartialConfig:
 
     enabled: bool = False
     token_budget: int = 64  # new tokens per trajectory per iteration (the total stays rollout.max_tokens)
-    train_segments: Literal["all", "current"] = "all"  # all: older segments IS-corrected via rl.tis_cap
+    train_segments: Literal["all", "current"] = "all"  # all: older segments IS-corrected (rl.rollout_correction)
     max_staleness: int | None = None  # versions an unfinished trajectory may lag behind; None: no cap
     on_stale: Literal["drop", "restart"] = "restart"  # drop its whole group, or regenerate it from the prompt
     exact_resume: bool = True  # vLLM on CPU: a continued sample equals an uninterrupted one with the same seed
@@ -258,9 +314,19 @@ class Recipe:
                              f"{self.rl.logit_chunk_tokens})")
         if self.rollout.logprobs_every < 0:
             raise ValueError(f"rollout.logprobs_every must be >= 0 (0: never), got {self.rollout.logprobs_every}")
-        if self.partial.enabled and self.partial.train_segments == "all" and self.rl.tis_cap is None:
-            raise ValueError("partial.train_segments=all trains on tokens from older policies: set rl.tis_cap "
-                             "(importance correction, e.g. 2.0) or partial.train_segments=current")
+        if self.partial.enabled and self.partial.train_segments == "all" and not self.rl.rollout_correction.active:
+            raise ValueError("partial.train_segments=all trains on tokens from older policies: set an importance "
+                             "correction (rl.rollout_correction: {rollout_is: token, rollout_is_threshold: 2.0}) or "
+                             "partial.train_segments=current")
+        if self.trainer.strategy == "fsdp" and self.rl.optimizer != "adamw":
+            raise ValueError(f"rl.optimizer={self.rl.optimizer} with trainer.strategy=fsdp is not supported: Muon "
+                             "orthogonalises whole matrices and fsdp gives each rank a shard (use ddp or single)")
+        if self.rl.routing_replay == "r3" and self.agents.enabled:
+            raise ValueError("rl.routing_replay=r3 with agents.enabled is not supported: an orchestrator's response "
+                             "holds observation tokens the engine never routed")
+        if self.rl.routing_replay == "r3" and self.rollout.engine != "vllm":
+            raise ValueError(f"rl.routing_replay=r3 needs the vllm engine (it captures the experts), not "
+                             f"{self.rollout.engine!r}")
         if self.rl.dynamic_sampling and self.partial.enabled:
             raise ValueError("rl.dynamic_sampling and partial.enabled cannot be combined: refill rounds would advance "
                              "the partial-rollout buffer")

@@ -199,7 +199,7 @@ def _check_combinations(recipe, problems: Problems) -> None:
     """Option combinations that train on a biased objective without any error."""
     r, rl = recipe.rollout, recipe.rl
     truncated = r.top_p < 1.0 or r.top_k > 0
-    readers = [k for k, on in (("rl.tis_cap", rl.tis_cap is not None),
+    readers = [k for k, on in (("rl.rollout_correction", rl.rollout_correction.active),
                                ("rl.kl_in=reward", bool(rl.kl_coef) and rl.kl_in == "reward")) if on]
     if truncated and readers:
         key = "rollout.top_p" if r.top_p < 1.0 else "rollout.top_k"
@@ -239,7 +239,7 @@ def _check_rl(recipe, problems: Problems) -> None:
                           entropy=torch.ones(1, 3))
         problems.call("rl.loss.options", policy_loss, batch, rl.loss.name, rl.loss.options,
                       agg=rl.aggregation if agg_ok else "token-mean", max_len=recipe.rollout.max_tokens,
-                      tis_cap=rl.tis_cap)
+                      tis_cap=rl.rollout_correction.tis_cap)
     ok, _ = problems.call("rl.advantage.name", ADVANTAGES.get, rl.advantage.name)
     if ok:
         group = [Trajectory(str(i), "g", [], [1], [-1.0], reward=float(i)) for i in range(3)]

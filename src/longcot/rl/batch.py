@@ -22,6 +22,7 @@ from dataclasses import dataclass, fields
 import torch
 from torch import nn
 
+from longcot.policies.moe import RoutingLayout, packed_layout, padded_layout
 from longcot.record import Trajectory
 from longcot.rl.logprobs import token_logprobs
 from longcot.rl.packing import (  # noqa: F401  (re-exported: the layout's public names)
@@ -52,6 +53,9 @@ class TokenBatch:
     packed: Packed | None = None  # the same sequences without padding, prompts shared (see module doc)
     # [B] the temperature each response was sampled at (Trajectory.temperature, else the collate default)
     temperatures: torch.Tensor | None = None
+    # MoE: where each token sits in the forward that will run (packed row or padded rows), with the engine's
+    # expert ids per row for routing replay (longcot.policies.moe); None unless collate(routing=True)
+    routing: RoutingLayout | None = None
 
     @property
     def response_len(self) -> int:
@@ -63,10 +67,12 @@ class TokenBatch:
         return TokenBatch(**{k: v.to(device) if v is not None else None for k, v in moved.items()})
 
 
-def collate(trajs: list[Trajectory], pad_id: int, pack: bool = True, temperature: float = 1.0) -> TokenBatch:
+def collate(trajs: list[Trajectory], pad_id: int, pack: bool = True, temperature: float = 1.0,
+            routing: bool = False) -> TokenBatch:
     """Pad a list of trajectories into a :class:`TokenBatch` (advantage broadcast per token if scalar);
     with ``pack``, also lay it out without padding (:func:`pack_trajectories`). ``temperature`` is the
-    sampling temperature of trajectories that do not record their own."""
+    sampling temperature of trajectories that do not record their own. ``routing``: attach the MoE routing
+    layout of whichever layout the batch will run in (packed when there is one, else padded)."""
     lengths = [len(t.prompt_ids) + len(t.response_ids) for t in trajs]
     L, T = max(lengths), max(max(len(t.response_ids) for t in trajs), 1)
     B = len(trajs)
@@ -89,8 +95,12 @@ def collate(trajs: list[Trajectory], pad_id: int, pack: bool = True, temperature
                 roll[i, :r] = torch.tensor(t.rollout_logprobs[:r], dtype=torch.float)
     packed = pack_trajectories(trajs, T) if pack else None
     temps = torch.tensor([temperature if t.temperature is None else t.temperature for t in trajs])
+    layout = None
+    if routing:
+        layout = padded_layout(trajs, L, T) if packed is None else packed_layout(
+            trajs, torch.tensor(packed.trajectory_spans, dtype=torch.long).reshape(-1, 4), packed.input_ids.shape[1], T)
     return TokenBatch(input_ids, attn, start, mask, adv, roll if _has_rollout_logprobs(trajs) else None,
-                      packed=packed, temperatures=temps)
+                      packed=packed, temperatures=temps, routing=layout)
 
 
 def _has_rollout_logprobs(trajs: list[Trajectory]) -> bool:

@@ -27,6 +27,8 @@ import torch
 from torch.utils._pytree import tree_map_only
 
 from longcot.config import Recipe
+from longcot.policies.moe import MoERouting
+from longcot.policies.optimizers import build_optimizer, optimizer_metrics
 from longcot.record import Trajectory
 from longcot.rl.batch import (
     Scorer,
@@ -37,8 +39,10 @@ from longcot.rl.batch import (
     filler_batch,
     micro_batches,
 )
+from longcot.rl.first_pass import FirstPass
 from longcot.rl.losses import LOSSES, LossBatch, policy_loss
 from longcot.rl.ranks import RankGroup, init_rank_group
+from longcot.rl.rollout_correction import rejection_mask
 from longcot.rl.strategy import make_strategy, resolve_device, resolve_precision
 from longcot.rl.timing import StepTimer
 
@@ -110,6 +114,9 @@ class Learner:
             log.info("learner: %s parameters upcast to float32 master weights (compute: %s)", low, self.precision)
         model.float()  # master weights in float32 whatever the checkpoint's dtype (docs/training.md)
         ref = copy.deepcopy(model).eval().requires_grad_(False) if self.rl.kl_coef else None
+        # MoE: routing replay, router statistics, aux loss (hooks on the policy's routers; the reference has none)
+        self.moe = MoERouting.for_model(model, self.rl.routing_replay, self.rl.router_aux_coef)
+        self._gaps: list[tuple[torch.Tensor, torch.Tensor]] = []  # (trainer, engine) log-probs of the first pass
         if self.rl.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.train()  # HF gradient checkpointing acts in train mode only; Qwen configs have no dropout
@@ -117,16 +124,15 @@ class Learner:
         self.model = self.strategy.wrap(self.scorer)
         # The reference is the policy RL starts from; on resume it is rebuilt the same way (not stored).
         self.ref_model = self.strategy.wrap(Scorer(ref, self.rl.logit_chunk_tokens), frozen=True) if ref else None
-        self.optimizer = self._new_optimizer(self.model)
+        self.optimizer = self._new_optimizer()
         self.pack = can_pack(model)
 
-    def _new_optimizer(self, model) -> torch.optim.Optimizer:
-        # fused: one kernel for all parameters instead of a Python loop over them (same update; 2-4x faster
-        # on the tiny MoE on CPU, where the per-parameter loop was most of the optimizer's time)
-        params = [p for p in model.parameters() if p.requires_grad]
-        fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
-        return torch.optim.AdamW(params, lr=self.rl.lr, betas=tuple(self.rl.betas),
-                                 weight_decay=self.rl.weight_decay, fused=fused)
+    def _new_optimizer(self) -> torch.optim.Optimizer:
+        """``rl.optimizer`` (adamw | muon | muonclip; policies/optimizers.py) over the policy's parameters: the HF
+        module's, which are the wrapped model's own (ddp), or their shards once fsdp has wrapped it."""
+        return build_optimizer(self.scorer.lm, self.rl.optimizer, lr=self.rl.lr, betas=self.rl.betas,
+                               weight_decay=self.rl.weight_decay, options=self.rl.optimizer_options,
+                               where="rl.optimizer")
 
     def lr_scale(self) -> float:
         """Linear warm-up over ``rl.warmup_steps`` optimizer steps (skipped updates do not count)."""
@@ -218,7 +224,9 @@ class Learner:
         rows = []
         with torch.no_grad():
             for b, filler in share:
-                lp = self._forward(model, b.to(self.device), temperature=temperature)[0]
+                b = b.to(self.device)
+                with self._routing(b, first=True, filler=filler or which != "policy"):
+                    lp = self._forward(model, b, temperature=temperature)[0]
                 if not filler:
                     rows.append(lp.cpu())
         return rows
@@ -235,19 +243,26 @@ class Learner:
         batches = [b for _, b in self._plan(live)]
         totals = (float(sum(b.mask.sum() for b in batches)), float(sum((b.mask.sum(-1) > 0).sum() for b in batches)))
         results = self._run("update", [(share, totals) for share, _ in self._shares(batches)], timer)
+        observed = [part.pop("_first_pass") for part in results]
         sums: dict[str, float] = {}
         for part in results:  # each rank's token-weighted sums: their sum is the step's mean
             for k, v in part.items():
                 sums[k] = sums.get(k, 0.0) + v
         sums["grad_norm"] = results[0]["grad_norm"]  # the same global norm on every rank
         sums["lr"] = self.rl.lr * self.lr_scale()
+        sums.update(optimizer_metrics(self.optimizer))  # MuonClip: max attention logit of the last step
+        sums.update(FirstPass.merged(observed, self.moe))
         return sums
 
     def _op_update(self, payload: tuple, timer: StepTimer) -> dict:
-        share, (total_tokens, total_seqs) = payload
+        share, totals = payload
         rl = self.rl
         chunks = [(b.to(self.device), filler) for b, filler in share]
-        self._precompute(chunks, timer)
+        seen = FirstPass()
+        self._precompute(chunks, timer, seen)
+        if rl.rollout_correction.rollout_rs is not None:  # dropped tokens leave the loss denominators
+            totals = self._kept_totals(chunks)
+        total_tokens, total_seqs = totals
         if getattr(self.loss_fn, "reset_optimizer", False) or rl.reset_optimizer:
             self.optimizer.state.clear()  # k1.5: each iteration is a fresh mirror-descent problem
         sums: dict[str, float] = {}
@@ -255,7 +270,7 @@ class Learner:
             with timer.phase("forward_backward"):
                 for i, (c, filler) in enumerate(chunks):
                     with self.strategy.grad_sync(self.model, sync=i == len(chunks) - 1):
-                        loss, m = self._micro_step(c, filler, total_tokens, total_seqs, first=update == 0)
+                        loss, m = self._micro_step(c, filler, total_tokens, total_seqs, update == 0, seen)
                     w = float(c.mask.sum()) / max(total_tokens, 1.0)
                     for k, v in m.items():
                         sums[k] = sums.get(k, 0.0) + v * w / rl.updates_per_step
@@ -270,34 +285,71 @@ class Learner:
                 self.updates += 1
         self.version += 1
         sums["grad_norm"] = grad_norm
+        sums["_first_pass"] = seen.finish(self.moe)  # raw counts: rank 0 merges every rank's (FirstPass.merged)
         return sums
 
-    def _precompute(self, chunks: list[tuple[TokenBatch, bool]], timer: StepTimer) -> None:
-        """pi_old (several updates per batch) and reference log-probs (KL in the loss), once, before any update."""
+    def _precompute(self, chunks: list[tuple[TokenBatch, bool]], timer: StepTimer, seen: FirstPass) -> None:
+        """pi_old (several updates per batch, or a rollout rejection mask, which must drop tokens before the loss
+        denominators are counted) and reference log-probs (KL in the loss), once, before any update."""
         kl_in_loss = self.ref_model is not None and self.rl.kl_in == "loss"
-        if self.rl.updates_per_step == 1 and not kl_in_loss:
+        corr = self.rl.rollout_correction
+        need_old = self.rl.updates_per_step > 1 or corr.rollout_rs is not None
+        if not need_old and not kl_in_loss:
             return
         with timer.phase("logprob_recompute"), torch.no_grad():
-            for c, _ in chunks:
-                if self.rl.updates_per_step > 1:
-                    c.old_logprobs = self._forward(self.model, c)[0]
+            for c, filler in chunks:
+                if need_old:
+                    with self._routing(c, first=True, filler=filler) as p:
+                        c.old_logprobs = self._forward(self.model, c)[0]
+                    if not filler:
+                        seen.observe(c, c.old_logprobs, p, self.moe)
+                    if corr.rollout_rs is not None and not filler:
+                        self._reject(c, seen)
                 if kl_in_loss:
                     c.ref_logprobs = self._forward(self.ref_model, c)[0]
 
+    def _reject(self, c: TokenBatch, seen: FirstPass) -> None:
+        """Rollout rejection (masked IS / geometric-mean masking): drop tokens from the loss and its denominator."""
+        corr = self.rl.rollout_correction
+        if c.rollout_logprobs is None:
+            raise ValueError("rl.rollout_correction.rollout_rs needs the engine's log-probs on every step")
+        keep, m = rejection_mask(c.old_logprobs, c.rollout_logprobs, c.mask, corr.rollout_rs,
+                                 corr.rollout_rs_threshold, corr.rollout_rs_threshold_lower)
+        seen.rejected(m, float(c.mask.sum()))
+        c.mask = c.mask * keep
+
+    def _kept_totals(self, chunks: list[tuple[TokenBatch, bool]]) -> tuple[float, float]:
+        """The step's loss denominators (tokens, sequences) after rejection, summed over the ranks."""
+        local = torch.tensor([[float(c.mask.sum()), float((c.mask.sum(-1) > 0).sum())] for c, f in chunks if not f]
+                             or [[0.0, 0.0]], dtype=torch.float64).sum(0)
+        if self.group.world_size > 1:
+            torch.distributed.all_reduce(local, group=self.group.control)
+        return float(local[0]), float(local[1])
+
+    def _routing(self, c: TokenBatch, first: bool, record: bool = False, filler: bool = False):
+        """The MoE hooks for one forward over ``c`` (replay per rl.routing_replay); a no-op for a dense model and
+        for a filler micro-batch (it routes by the model's own top-k and trains nothing)."""
+        if self.moe is None or filler or c.routing is None:
+            return contextlib.nullcontext()
+        return self.moe.forward(self.moe.replay_ids(c.routing, first), record=record or first)
+
     def _forward(self, model, c: TokenBatch, **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Every forward of the policy or the reference goes through here (one place to hook, e.g. MoE
-        routing replay): response log-probs (and entropy) in the strategy's compute precision."""
+        """Every forward of the policy or the reference goes through here: response log-probs (and entropy)
+        in the strategy's compute precision (MoE hooks: :meth:`_routing` around it)."""
         with self.strategy.autocast():
             return model(c, **kwargs)
 
     def _micro_step(self, c: TokenBatch, filler: bool, total_tokens: float, total_seqs: float,
-                    first: bool) -> tuple[float, dict]:
+                    first: bool, seen: FirstPass) -> tuple[float, dict]:
         """Forward and backward of one micro-batch: (its loss, its metrics as micro-batch means)."""
         rl = self.rl
-        logp, entropy = self._forward(self.model, c, with_entropy=True, entropy_grad=bool(rl.entropy_coef))
+        with self._routing(c, first, record=bool(rl.router_aux_coef), filler=filler) as p:
+            logp, entropy = self._forward(self.model, c, with_entropy=True, entropy_grad=bool(rl.entropy_coef))
         if filler:  # a rank's extra micro-batch (equal counts): the collectives run, the gradient is exactly 0
             (logp.sum() * 0.0).backward()
             return 0.0, {}
+        if first and c.old_logprobs is None:  # the first pass (not measured by _precompute)
+            seen.observe(c, logp, p, self.moe)
         old = c.old_logprobs if c.old_logprobs is not None else logp.detach()
         batch = LossBatch(logprobs=logp, old_logprobs=old, advantages=c.advantages, mask=c.mask,
                           ref_logprobs=c.ref_logprobs, rollout_logprobs=c.rollout_logprobs,
@@ -306,21 +358,22 @@ class Learner:
         loss, m = policy_loss(batch, rl.loss.name, rl.loss.options, agg=rl.aggregation,
                               max_len=self.recipe.rollout.max_tokens,
                               kl_coef=rl.kl_coef if rl.kl_in == "loss" else 0.0,
-                              kl_estimator=rl.kl_estimator, entropy_coef=rl.entropy_coef, tis_cap=rl.tis_cap)
+                              kl_estimator=rl.kl_estimator, entropy_coef=rl.entropy_coef,
+                              tis_cap=rl.rollout_correction.tis_cap)
+        if rl.router_aux_coef:
+            aux = self.moe.aux_loss(p, c.routing)
+            loss = loss + rl.router_aux_coef * aux * float(c.mask.sum()) / max(total_tokens, 1.0)
+            m["router_aux_loss"] = float(aux.detach())
         loss.backward()
-        mask = c.mask
-        n = mask.sum().clamp(min=1.0)
-        m["entropy"] = float((entropy.detach() * mask).sum() / n)
-        if first and c.rollout_logprobs is not None:  # the policy that sampled == the policy before the first update
-            m["logprob_gap"] = float(((logp.detach() - c.rollout_logprobs).abs() * mask).sum() / n)
+        m["entropy"] = float((entropy.detach() * c.mask).sum() / c.mask.sum().clamp(min=1.0))
         return float(loss.detach()), m
 
     # ---- planning (rank 0) ----------------------------------------------------------------------------------
     def _plan(self, trajs: list[Trajectory]) -> list[tuple[list[Trajectory], TokenBatch]]:
         """Token-budgeted micro-batches as (trajectories, tensors on the CPU)."""
         chunks = micro_batches(trajs, self.rl.micro_batch_size, self.rl.micro_batch_tokens, pack=self.pack)
-        return [(chunk, collate(chunk, self.pad_id, pack=self.pack, temperature=self.temperature))
-                for chunk in chunks]
+        return [(chunk, collate(chunk, self.pad_id, pack=self.pack, temperature=self.temperature,
+                                routing=self.moe is not None)) for chunk in chunks]
 
     def _shares(self, batches: list[TokenBatch]) -> list[tuple[list[tuple[TokenBatch, bool]], list[int]]]:
         """Per rank: its micro-batches (balanced by tokens), filled up to the same count with

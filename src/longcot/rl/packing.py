@@ -27,6 +27,7 @@ from dataclasses import dataclass, fields, replace
 import torch
 import torch.nn.functional as F
 
+from longcot.policies.moe import prompt_routing_key
 from longcot.record import Trajectory
 
 # The masked route's masks (prompt x prompt and response x (prompt + response) blocks) hold at most this
@@ -54,6 +55,7 @@ class Packed:
     targets: torch.Tensor  # [B, T] response token ids (0 past the end)
     prompts: list[tuple[int, int]]  # each distinct prompt: (start, length) in the row
     spans: list[tuple[int, int, int, int]]  # each non-empty response: (prompt start, prompt len, start, len)
+    trajectory_spans: list[tuple[int, int, int, int]]  # the same for every trajectory, empty responses too
     prompt_mask: torch.Tensor | None = None  # [G, 1, P, P] causal within the prompt (masked route)
     context_mask: torch.Tensor | None = None  # [B', 1, L, P + L] the whole prompt, own earlier tokens
 
@@ -102,7 +104,7 @@ def pack_trajectories(trajs: list[Trajectory], T: int, mask_cap: int = MASKED_AT
             logit_index[i, :n_r] = torch.tensor([p0 + n_p - 1, *range(r0, r0 + n_r - 1)])
             targets[i, :n_r] = torch.tensor(t.response_ids)
     packed = Packed(torch.tensor([ids]), torch.tensor([pos]), prompt_index, query_index, context_index,
-                    output_index, logit_index, targets, prompts=prompts, spans=live)
+                    output_index, logit_index, targets, prompts=prompts, spans=live, trajectory_spans=spans)
     if G * P * P + len(live) * L * (P + L) > mask_cap**2:
         return packed  # causal route: no masks at all
     causal_p = arange_p[None, :] <= arange_p[:, None]
@@ -117,21 +119,23 @@ def pack_trajectories(trajs: list[Trajectory], T: int, mask_cap: int = MASKED_AT
 def _one_row(trajs: list[Trajectory]) -> tuple[list[int], list[int], list[tuple[int, int]], list[tuple]]:
     """Token ids and positions of the row (each distinct prompt once, where it first appears, then each
     response), the prompts as (start, length), and per trajectory (prompt start, prompt length, response
-    start, response length)."""
-    first: dict[tuple[int, ...], int] = {}
+    start, response length). Samples share a prompt copy when its tokens and, for MoE routing replay, the
+    engine's routing of it are the same (:func:`~longcot.policies.moe.prompt_routing_key`)."""
+    first: dict[tuple, int] = {}
     ids: list[int] = []
     pos: list[int] = []
     spans: list[tuple[int, int, int, int]] = []
     for t in trajs:
         prompt = tuple(t.prompt_ids)
-        if prompt not in first:
-            first[prompt] = len(ids)
+        key = (prompt, prompt_routing_key(t))
+        if key not in first:
+            first[key] = len(ids)
             ids += prompt
             pos += range(len(prompt))
-        spans.append((first[prompt], len(prompt), len(ids), len(t.response_ids)))
+        spans.append((first[key], len(prompt), len(ids), len(t.response_ids)))
         ids += t.response_ids
         pos += range(len(prompt), len(prompt) + len(t.response_ids))
-    return ids, pos, [(start, len(p)) for p, start in first.items()], spans
+    return ids, pos, [(start, len(key[0])) for key, start in first.items()], spans
 
 
 def packed_attention(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask,

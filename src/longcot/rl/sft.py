@@ -12,13 +12,15 @@ import datasets
 from trl import SFTConfig as TRLSFTConfig
 from trl import SFTTrainer
 
+from longcot.policies.optimizers import build_optimizer, optimizer_metrics
+
 log = logging.getLogger(__name__)
 
 
 def run_sft(model, tokenizer, pairs: list[tuple[str, str]], out_dir: str | Path, *, lr: float, epochs: float,
             batch_size: int, warmup_ratio: float = 0.05, weight_decay: float = 0.0, seed: int = 0,
             max_length: int = 1024, gradient_checkpointing: bool = False, device: str = "cpu",
-            precision: str = "fp32") -> dict:
+            precision: str = "fp32", optimizer: str = "adamw", optimizer_options: dict | None = None) -> dict:
     """Fine-tune ``model`` in place on (prompt, completion) pairs and save it to ``out_dir``.
 
     ``device`` ("cpu" or "cuda") and ``precision`` ("fp32" or "bf16-mixed") are the RL trainer's
@@ -44,7 +46,12 @@ def run_sft(model, tokenizer, pairs: list[tuple[str, str]], out_dir: str | Path,
         # routing weights and the attention mask): the warm-up runs without the auxiliary loss.
         router_aux_loss_coef=0.0,
     )
-    trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tokenizer)
+    # adamw: TRL's own (same AdamW); muon/muonclip: ours (policies/optimizers.py), TRL's schedule on top
+    opt = None if optimizer == "adamw" and not optimizer_options else build_optimizer(
+        model, optimizer, lr=lr, betas=(args.adam_beta1, args.adam_beta2), weight_decay=weight_decay,
+        options=optimizer_options, where="sft.optimizer")
+    trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tokenizer,
+                         optimizers=(opt, None))
     result = trainer.train()
     if model.is_gradient_checkpointing and not was_checkpointing:
         model.gradient_checkpointing_disable()
@@ -52,4 +59,9 @@ def run_sft(model, tokenizer, pairs: list[tuple[str, str]], out_dir: str | Path,
     tokenizer.save_pretrained(out_dir)
     metrics = dict(result.metrics)
     metrics["final_loss"] = next((h["loss"] for h in reversed(trainer.state.log_history) if "loss" in h), None)
+    if opt is not None:
+        metrics.update(optimizer_metrics(opt))  # MuonClip: the last step's max attention logit
+        qk = getattr(opt, "qk_clip", None)
+        if qk is not None:
+            qk.remove()  # its hooks must not outlive SFT (RL builds its own optimizer)
     return metrics

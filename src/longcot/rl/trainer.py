@@ -30,19 +30,29 @@ log = logging.getLogger(__name__)
 __all__ = ["RLTrainer", "StepTimer", "rollout_metrics", "sampling_from", "wants_rollout_logprobs"]
 
 
-def sampling_from(recipe: Recipe, seed: int | None = None, logprobs: bool = True) -> SamplingConfig:
+def sampling_from(recipe: Recipe, seed: int | None = None, logprobs: bool = True,
+                  routed_experts: bool = False) -> SamplingConfig:
     r = recipe.rollout
     return SamplingConfig(n=r.n, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
-                          max_tokens=r.max_tokens, stop=list(r.stop), seed=seed, logprobs=logprobs)
+                          max_tokens=r.max_tokens, stop=list(r.stop), seed=seed, logprobs=logprobs,
+                          routed_experts=routed_experts)
 
 
 def wants_rollout_logprobs(recipe: Recipe, step: int) -> bool:
-    """Whether step ``step`` asks the engine for log-probs: always when TIS or KL-in-reward reads them, else
-    every ``rollout.logprobs_every`` steps, for the ``logprob_gap`` metric only."""
+    """Whether step ``step`` asks the engine for log-probs: always when a rollout correction or KL-in-reward
+    reads them, else every ``rollout.logprobs_every`` steps, for the mismatch metrics only."""
     rl, every = recipe.rl, recipe.rollout.logprobs_every
-    if rl.tis_cap is not None or (rl.kl_coef and rl.kl_in == "reward"):
+    if rl.rollout_correction.active or (rl.kl_coef and rl.kl_in == "reward"):
         return True
     return every > 0 and step % every == 0
+
+
+def wants_routing(recipe: Recipe, step: int, engine: Engine) -> bool:
+    """Whether step ``step`` asks the engine for each token's experts: every step for R3, and with the engine's
+    log-probs (the routing agreement metric) when the engine captures them."""
+    if recipe.rl.routing_replay == "r3":
+        return True
+    return bool(getattr(engine, "captures_routing", False)) and wants_rollout_logprobs(recipe, step)
 
 
 def step_seed(recipe: Recipe, step: int, round_: int = 0) -> int:
@@ -125,7 +135,8 @@ class RLTrainer:
             prompts = self.next_prompts(step, n_prompts)
             tag = f"@{step}" if round_ == 0 else f"@{step}.{round_}"
             sampling = sampling_from(self.recipe, seed=step_seed(self.recipe, step, round_),
-                                     logprobs=wants_rollout_logprobs(self.recipe, step))
+                                     logprobs=wants_rollout_logprobs(self.recipe, step),
+                                     routed_experts=wants_routing(self.recipe, step, self.engine))
             trajs = self.engine.generate(prompts, sampling, group_tag=tag)
         with timer.phase("reward"):
             counters = compute_rewards(trajs, self._reward_specs(step))

@@ -24,6 +24,9 @@ class SamplingConfig:
     # leave rollout_logprobs empty: on vLLM they are ~10% of a decode step on the tiny MoE (the log-softmax,
     # the rank of each sampled token and a Python float per token), and nothing needs them on most steps.
     logprobs: bool = True
+    # Return the experts the engine routed each token to (Trajectory.routed_experts, MoE routing replay): an
+    # engine that cannot must raise, never return trajectories without them.
+    routed_experts: bool = False
 
 
 @dataclass

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import zlib
 
+import numpy as np
+
 from longcot.record import Finish, Segment, Trajectory
 from longcot.rollout.base import Prompt, SamplingConfig
 
@@ -39,6 +41,7 @@ def make_trajectory(
     finish: Finish,
     version: int,
     temperature: float | None = None,
+    routed_experts: np.ndarray | None = None,
 ) -> Trajectory:
     """One record; ``meta`` is copied so reward functions can annotate one sample without touching its siblings.
     ``logprobs`` is empty when the engine was asked not to return them (``SamplingConfig.logprobs=False``)."""
@@ -58,6 +61,7 @@ def make_trajectory(
         segments=[Segment(start=0, end=len(response_ids), policy_version=version)],
         meta=dict(prompt.meta),
         temperature=temperature,
+        routed_experts=routed_experts,
     )
 
 

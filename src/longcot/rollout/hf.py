@@ -77,6 +77,9 @@ class HFEngine:
         so a call is reproducible and the global torch RNG (the trainer's) is left untouched.
         """
         check_inputs(prompts, sampling, self.max_model_len)
+        if sampling.routed_experts:
+            raise ValueError("the hf engine does not report the experts each token was routed to (MoE routing "
+                             "replay): use the vllm engine")
         rows = [(p, i) for p in prompts for i in range(sampling.n)]
         trajs: list[Trajectory] = []
         for start in range(0, len(rows), self.batch_size):

@@ -12,9 +12,10 @@ longest member. :class:`PartialRollouts` wraps any :class:`~longcot.rollout.base
    samples; everything else stays in the buffer for the next iteration.
 
 Each trajectory records which policy version produced which tokens (``Segment(start, end, version)``) and
-keeps the engine logprobs of every segment. ``train_segments="current"`` masks tokens of older versions out
+keeps the engine logprobs (and, for MoE routing replay, the expert ids) of every segment.
+``train_segments="current"`` masks tokens of older versions out
 of the loss (``loss_mask``); ``"all"`` trains on them, corrected by the trainer's truncated importance weight
-``min(pi_current / pi_rollout, rl.tis_cap)`` against those stored logprobs.
+``min(pi_current / pi_rollout, threshold)`` (``rl.rollout_correction``) against those stored logprobs.
 
 Exactness of a continued sample (docs/partial_rollouts.md): greedy continuations always equal an
 uninterrupted generation. Sampled ones do on vLLM/CPU with ``exact_resume``: vLLM seeds a fresh generator
@@ -32,6 +33,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from longcot.config.schema import PartialConfig
@@ -66,6 +68,8 @@ class Completion:
     ids: list[int]
     logprobs: list[float]
     finish: str  # "stop" (EOS or stop string) | "length" (hit this request's max_tokens)
+    # MoE routing rows of the request's whole sequence (prompt_ids + ids, minus the last token), when asked
+    routed_experts: np.ndarray | None = None
 
 
 @dataclass
@@ -107,6 +111,11 @@ class PartialRollouts:
         self.inner.sync_weights(named_params, version)
         self.version = version
 
+    @property
+    def captures_routing(self) -> bool:
+        """Whether the wrapped engine can return each token's experts (MoE routing replay)."""
+        return bool(getattr(self.inner, "captures_routing", False))
+
     def compute_logprobs(self, prompt_ids: list[list[int]], response_ids: list[list[int]]) -> list[list[float]]:
         return self.inner.compute_logprobs(prompt_ids, response_ids)
 
@@ -143,6 +152,7 @@ class PartialRollouts:
                 stats["tokens_wasted"] += len(s.traj.response_ids)
                 stats["restarted"] += 1
                 s.traj.response_ids, s.traj.rollout_logprobs, s.traj.segments = [], [], []
+                s.traj.routed_experts = None
                 s.born = self.version
 
     def _admit(self, prompts: list[Prompt], sampling: SamplingConfig, group_tag: str) -> None:
@@ -197,6 +207,7 @@ class PartialRollouts:
         start = len(t.response_ids)
         t.response_ids.extend(c.ids)
         t.rollout_logprobs.extend(float(x) for x in c.logprobs)
+        _append_routing(t, c.routed_experts)
         stats["generated_tokens"] += len(c.ids)
         if t.segments and t.segments[-1].policy_version == self.version and t.segments[-1].end == start:
             t.segments[-1].end = len(t.response_ids)
@@ -274,9 +285,21 @@ def segment_mask(t: Trajectory, version: int) -> list[int]:
 
 
 def _truncate(t: Trajectory, n: int) -> None:
-    """Keep the first ``n`` response tokens (and their logprobs and segments)."""
+    """Keep the first ``n`` response tokens (and their logprobs, segments and routing rows)."""
     del t.response_ids[n:], t.rollout_logprobs[n:]
     t.segments = [Segment(g.start, min(g.end, n), g.policy_version) for g in t.segments if g.start < n]
+    if t.routed_experts is not None:
+        t.routed_experts = t.routed_experts[: len(t.prompt_ids) + n - 1]
+
+
+def _append_routing(t: Trajectory, rows: np.ndarray | None) -> None:
+    """Routing rows per segment: a continuation recomputes the whole prefix, but each position keeps the rows of
+    the segment that first computed it (the routing its next token was sampled with); only the new positions'
+    rows are added."""
+    if rows is None:
+        return
+    have = 0 if t.routed_experts is None else len(t.routed_experts)
+    t.routed_experts = rows.copy() if have == 0 else np.concatenate([t.routed_experts, rows[have:]])
 
 
 # ---- backends: how requests reach an engine ------------------------------------------------------------------
@@ -292,6 +315,7 @@ class VLLMBackend:
     """All requests in one ``llm.generate`` call, each with its own ``max_tokens``, seed and draw offset."""
 
     def __init__(self, engine: Any, exact_resume: bool = True) -> None:
+        self.engine = engine
         self.llm = engine.llm
         self.tokenizer = self.llm.get_tokenizer()
         from vllm.platforms import current_platform
@@ -330,7 +354,8 @@ class VLLMBackend:
             )
             for r in reqs
         ]
-        outs = self.llm.generate([{"prompt_token_ids": r.prompt_ids} for r in reqs], params, use_tqdm=False)
+        outs, captured = self.engine.routed_generate([{"prompt_token_ids": r.prompt_ids} for r in reqs], params,
+                                                     sampling.routed_experts)
         result = []
         for r, out in zip(reqs, outs, strict=True):
             comp = out.outputs[0]
@@ -338,7 +363,9 @@ class VLLMBackend:
                 raise RuntimeError(f"vLLM finished request {r.key!r} with {comp.finish_reason!r}")
             ids = list(comp.token_ids)
             lps = [step[tok].logprob for step, tok in zip(comp.logprobs, ids, strict=True)]
-            result.append(Completion(ids, lps, comp.finish_reason))
+            rows = self.engine.routing_rows(captured, out, comp, r.prompt_ids + ids) \
+                if sampling.routed_experts else None
+            result.append(Completion(ids, lps, comp.finish_reason, rows))
         return result
 
 
@@ -364,13 +391,15 @@ class EngineBackend:
         prompts = [Prompt(r.key, r.prompt_ids) for r in reqs]
         limit = max(r.max_tokens for r in reqs)
         call = SamplingConfig(n=1, temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
-                              max_tokens=limit, stop=list(sampling.stop), seed=sampling.seed)
+                              max_tokens=limit, stop=list(sampling.stop), seed=sampling.seed,
+                              routed_experts=sampling.routed_experts)
         trajs = self.engine.generate(prompts, call)
         result = []
         for r, t in zip(reqs, trajs, strict=True):
             ids, lps = t.response_ids[: r.max_tokens], t.rollout_logprobs[: r.max_tokens]
             finish = "stop" if t.finish == "stop" and len(t.response_ids) <= r.max_tokens else "length"
-            result.append(Completion(list(ids), list(lps), finish))
+            rows = None if t.routed_experts is None else t.routed_experts[: len(r.prompt_ids) + len(ids) - 1]
+            result.append(Completion(list(ids), list(lps), finish, rows))
         return result
 
 

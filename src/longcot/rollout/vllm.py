@@ -8,6 +8,7 @@ a 2-core CPU. vLLM is imported lazily so ``import longcot`` stays fast and works
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import os
@@ -20,6 +21,14 @@ import torch
 from longcot.record import Trajectory
 from longcot.rollout.base import Prompt, SamplingConfig
 from longcot.rollout.common import check_inputs, check_pairs, make_trajectory, prompt_seed
+from longcot.rollout.routing import (
+    bind_capture_on_load,
+    capturing,
+    hf_moe_layers,
+    request_rows,
+    rows_from_output,
+    worker_layers,
+)
 from longcot.rollout.weight_sync import checkpoint_named_params, repack_fused_moe
 
 log = logging.getLogger(__name__)
@@ -52,6 +61,7 @@ class VLLMEngine:
         enforce_eager: bool = True,
         logprobs_mode: str = "processed_logprobs",
         repack_moe_after_sync: bool = True,
+        routing_capture: bool = False,
         **llm_kwargs: Any,
     ) -> None:
         for key, value in _VLLM_ENV_DEFAULTS.items():
@@ -80,11 +90,14 @@ class VLLMEngine:
             # which CPU generators reject ("CPU Generator does not use offset"). Every training request is
             # seeded, so whole-prompt prefill is the CPU default (an explicit engine option still wins).
             llm_kwargs.setdefault("enable_chunked_prefill", False)
-        self.llm = vllm.LLM(
-            model=str(model_path), tokenizer=tok_path, max_model_len=max_model_len, seed=seed, dtype=dtype,
-            gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager,
-            logprobs_mode=logprobs_mode, **llm_kwargs,
-        )
+        self.captures_routing, self._cpu_capture = routing_capture, False
+        with self._routing_setup(llm_kwargs, current_platform.is_cpu()):
+            self.llm = vllm.LLM(
+                model=str(model_path), tokenizer=tok_path, max_model_len=max_model_len, seed=seed, dtype=dtype,
+                gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager,
+                logprobs_mode=logprobs_mode, **llm_kwargs,
+            )
+        self.routing_layers, self.num_experts = self._routing_layers() if routing_capture else ([], 0)
         self.start_s = time.perf_counter() - t0
         # Sleep mode (longcot.rollout.colocate): CUDA only, and only if the engine was built for it.
         self.can_sleep = bool(llm_kwargs.get("enable_sleep_mode")) and not current_platform.is_cpu()
@@ -92,6 +105,49 @@ class VLLMEngine:
         # The trainer shares this process and must keep control of its own thread count.
         torch.set_num_threads = set_threads
         log.info("vLLM engine up in %.2fs (%s, dtype=%s)", self.start_s, model_path, dtype)
+
+    # ---- MoE routing capture (R3; rollout/routing.py) ----------------------------------------------------
+    def _routing_setup(self, llm_kwargs: dict, cpu: bool) -> contextlib.AbstractContextManager:
+        """Engine arguments for routing capture, and the context the engine is built in. GPU: vLLM's own
+        ``enable_return_routed_experts``. CPU: the router capture hook, bound while the model is built, with
+        prefix caching off (a cached prompt token runs no forward and so has no router rows)."""
+        if not self.captures_routing:
+            return contextlib.nullcontext()
+        if not cpu:
+            llm_kwargs["enable_return_routed_experts"] = True
+            return contextlib.nullcontext()
+        if llm_kwargs.get("enable_prefix_caching"):
+            raise ValueError("routing capture on CPU needs enable_prefix_caching=False: a prompt token served from "
+                             "the prefix cache runs no forward, so R3 would have no expert ids for it")
+        llm_kwargs["enable_prefix_caching"] = False
+        self._cpu_capture = True
+        return bind_capture_on_load()
+
+    def _routing_layers(self) -> tuple[list[int], int]:
+        """The MoE layers' decoder indices and the number of experts (what a routing row covers)."""
+        if self._cpu_capture:
+            return worker_layers(self.llm)
+        cfg = self.llm.llm_engine.model_config
+        return hf_moe_layers(cfg.hf_text_config), cfg.get_num_experts()
+
+    def routing_rows(self, captured: dict, out: Any, comp: Any, tokens: list[int]) -> Any:
+        """One sample's routing rows [len(tokens) - 1, moe_layers, k] (``tokens`` = prompt + response)."""
+        where = f"request {out.request_id} sample {comp.index}"
+        if captured is None:  # GPU path: vLLM returned them with the output
+            return rows_from_output(comp, self.routing_layers, self.num_experts, len(tokens), where)
+        return request_rows(captured.get((out.request_id, comp.index)), tokens, where)
+
+    def routed_generate(self, inputs: list[dict], params: list[Any], routing: bool) -> tuple[list[Any], dict | None]:
+        """``llm.generate`` that also returns the captured router rows when ``routing`` (None on the GPU path,
+        where they come with each output)."""
+        if routing and not self.captures_routing:
+            raise ValueError("this step asks for the experts each token was routed to (MoE routing replay), but the "
+                             "vLLM engine was built without routing_capture=True")
+        if not routing or not self._cpu_capture:
+            return self.llm.generate(inputs, params, use_tqdm=False), None
+        with capturing(self.llm) as captured:
+            outputs = self.llm.generate(inputs, params, use_tqdm=False)
+        return outputs, captured
 
     # ---- generation -------------------------------------------------------------------------------------
     def generate(self, prompts: list[Prompt], sampling: SamplingConfig, group_tag: str = "") -> list[Trajectory]:
@@ -107,7 +163,7 @@ class VLLMEngine:
             return []
         params = [self._sampling_params(sampling, prompt_seed(sampling.seed, p.prompt_id)) for p in prompts]
         inputs = [{"prompt_token_ids": list(p.prompt_ids)} for p in prompts]
-        outputs = self.llm.generate(inputs, params, use_tqdm=False)
+        outputs, captured = self.routed_generate(inputs, params, sampling.routed_experts)
         trajs: list[Trajectory] = []
         # vLLM refuses n > 1 when greedy; greedy samples are identical, so one is repeated n times.
         repeat = sampling.n if sampling.temperature == 0 else 1
@@ -119,8 +175,10 @@ class VLLMEngine:
                 if comp.finish_reason not in ("stop", "length"):
                     raise RuntimeError(f"vLLM finished prompt {prompt.prompt_id!r} with {comp.finish_reason!r}")
                 text = comp.text if detokenized else self._decode(ids)
+                rows = self.routing_rows(captured, out, comp, list(prompt.prompt_ids) + ids) \
+                    if sampling.routed_experts else None
                 trajs.append(make_trajectory(prompt, group_tag, ids, lps, text, comp.finish_reason, self.version,
-                                             sampling.temperature))
+                                             sampling.temperature, rows))
         return trajs
 
     def _decode(self, ids: list[int]) -> str:

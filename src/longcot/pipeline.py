@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from longcot import agents
 from longcot.config import Recipe
 from longcot.data import Task, build_task
 from longcot.data.samplers import make_sampler
@@ -22,7 +23,7 @@ from longcot.eval.evaluate import evaluate
 from longcot.eval.grading import make_grader
 from longcot.policies.build import build_tiny_moe
 from longcot.policies.load import load_policy, load_tokenizer
-from longcot.rollout import agents, build_engine
+from longcot.rollout import build_engine
 from longcot.rollout.base import SamplingConfig
 from longcot.run import RunDir
 
@@ -132,7 +133,7 @@ def train(recipe: Recipe) -> dict:
 
     plot_curves(run.metrics_path, run.root / "curves.png")
     if recipe.agents.enabled:
-        from longcot.rollout.agents_report import plot_agent_curves
+        from longcot.agents.report import plot_agent_curves
 
         plot_agent_curves(run.root)  # agents/curves.png: sub-agents, critical path, PARL reward terms
     return run.summary

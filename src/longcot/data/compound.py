@@ -22,8 +22,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from longcot.agents.protocol import WAIT, format_results
 from longcot.data.arith import _apply, disjoint_split
-from longcot.rollout.agents_protocol import WAIT, format_results
 
 NAMES = "abcdefgh"
 

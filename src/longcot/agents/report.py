@@ -1,6 +1,6 @@
 """``longcot report RUN_DIR --sample ID``: one agent tree from a parallel-agent run, as text and as HTML.
 
-:class:`~longcot.rollout.agents.AgentEngine` writes ``RUN_DIR/agents/<tag>.jsonl`` (one tree per orchestrator
+:class:`~longcot.agents.driver.AgentEngine` writes ``RUN_DIR/agents/<tag>.jsonl`` (one tree per orchestrator
 sample, ``tag`` = ``stepN`` for RL step N, ``eval-NNN`` for evaluation calls). A sample id is
 ``<tag>/<prompt id><group tag>#<sample>``, e.g. ``step3/train-17@3#0``; the part after the tag is enough
 when it is unique. The tree shows who spawned whom, in which round and wave, each task, answer and token
@@ -13,6 +13,8 @@ import html
 import json
 import re
 from pathlib import Path
+
+from longcot.plots import plot_metric_grid, read_metrics
 
 
 def find_sample(run_dir: str | Path, sample_id: str) -> dict:
@@ -128,7 +130,5 @@ AGENT_CURVES = (("accuracy", "train accuracy"), ("agents/multi_agent_frac", "sam
 
 def plot_agent_curves(run_dir: str | Path, out_png: str | Path | None = None) -> Path | None:
     """Per-step PARL curves of a run (``metrics.jsonl``) into ``RUN/agents/curves.png``; None without rows."""
-    from longcot.report import plot_metric_grid, read_metrics
-
     out = Path(out_png) if out_png else Path(run_dir) / "agents" / "curves.png"
     return plot_metric_grid(read_metrics(Path(run_dir) / "metrics.jsonl"), AGENT_CURVES, out, ncols=4)

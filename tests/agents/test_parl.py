@@ -7,6 +7,7 @@ import re
 
 import pytest
 
+from longcot.agents.protocol import parse_turn, substitute, validate, waves
 from longcot.config.schema import DataConfig
 from longcot.data import build_task
 from longcot.data.arith import evaluate_expression
@@ -22,7 +23,6 @@ from longcot.data.compound import (
 from longcot.record import AgentInfo, Segment, Trajectory
 from longcot.rewards.parl import annealed, parl
 from longcot.rewards.registry import RewardSpec, compute_rewards
-from longcot.rollout.agents_protocol import parse_turn, substitute, validate, waves
 
 STEP = re.compile(r"^(-?\d+)([+*-])(\d+)=(-?\d+)$")
 

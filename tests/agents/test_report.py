@@ -8,12 +8,12 @@ import json
 import pytest
 from transformers import AutoTokenizer
 
+from longcot.agents.driver import AgentEngine
+from longcot.agents.report import find_sample, render_sample
 from longcot.config.schema import AgentsConfig
 from longcot.policies.build import build_tiny_moe
 from longcot.report import main as report_main
 from longcot.rollout import build_engine
-from longcot.rollout.agents import AgentEngine
-from longcot.rollout.agents_report import find_sample, render_sample
 from longcot.rollout.base import Prompt, SamplingConfig
 
 

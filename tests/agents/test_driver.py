@@ -11,13 +11,13 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from longcot.agents.driver import AgentEngine
+from longcot.agents.protocol import extract_answer
 from longcot.config.schema import AgentsConfig
 from longcot.policies.build import build_tiny_moe
 from longcot.rl.batch import collate, response_logprobs
 from longcot.rl.losses import LossBatch, policy_loss
 from longcot.rollout import build_engine
-from longcot.rollout.agents import AgentEngine
-from longcot.rollout.agents_protocol import extract_answer
 from longcot.rollout.base import Prompt, SamplingConfig
 
 MAX_LEN = 4096
@@ -209,6 +209,6 @@ def test_dependencies_run_in_waves_votes_and_a_frozen_subagent_engine(vllm_engin
 
 
 def extract_answer_majority(trajs):
-    from longcot.rollout.agents_protocol import majority
+    from longcot.agents.protocol import majority
 
     return majority([extract_answer(t.response_text) for t in trajs])

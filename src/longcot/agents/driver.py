@@ -4,7 +4,7 @@
 and the evaluator use it unchanged. One ``generate`` call runs all orchestrator samples in lock step:
 
 1. every active orchestrator generates one turn (one engine call), stopping at ``[wait]`` or EOS;
-2. the directives of each turn are parsed and checked (agents_protocol); rejected ones become ``[error: ...]``;
+2. the directives of each turn are parsed and checked (agents.protocol); rejected ones become ``[error: ...]``;
 3. the accepted sub-agents of *all* orchestrators run wave by wave: a wave holds every sub-agent whose
    dependencies have answered, and goes to the engine as one batch (``vote_k`` samples each);
 4. the answers are appended to each orchestrator's response as observation tokens (``loss_mask`` 0,
@@ -27,8 +27,7 @@ from typing import Any
 
 import torch
 
-from longcot.record import AgentInfo, Segment, Trajectory
-from longcot.rollout.agents_protocol import (
+from longcot.agents.protocol import (
     PROBLEM_KINDS,
     WAIT,
     Problem,
@@ -41,6 +40,7 @@ from longcot.rollout.agents_protocol import (
     validate,
     waves,
 )
+from longcot.record import AgentInfo, Segment, Trajectory
 from longcot.rollout.base import Engine, Prompt, SamplingConfig
 from longcot.rollout.common import prompt_seed
 

@@ -97,6 +97,8 @@ def train(recipe: Recipe) -> dict:
 
     if recipe.threads:
         torch.set_num_threads(recipe.threads)
+    if recipe.agents.enabled:
+        agents.train_specialists(recipe)  # specialist sub-agents a frozen role names by recipe, when missing
     seed_everything(recipe.seed)
     run = RunDir(Path(recipe.out_dir) / recipe.name)
     if run.metrics_path.exists():

@@ -82,33 +82,68 @@ def test_build_task_compound_and_unknown_option():
         build_task(DataConfig(task="compound", task_options={"parts": 3}))
 
 
-def orchestrator(text: str, spawned: int, finished: int, version: int, finish: str = "stop") -> Trajectory:
+def orchestrator(text: str, spawned: int, finished: int, version: int, finish: str = "stop",
+                 faithful: int | None = None, faithful_finished: int = 0, subagent_tokens: int = 0) -> Trajectory:
+    info = {"subagents": spawned, "finished_subagents": finished, "subagent_tokens": subagent_tokens}
+    if faithful is not None:
+        info |= {"faithful_subagents": faithful, "faithful_finished": faithful_finished}
     return Trajectory("p", "p@0", [1], [5] * 4, [0.0] * 4, finish=finish, response_text=text,
                       segments=[Segment(0, 4, version)], agent=AgentInfo("orchestrator"),
-                      meta={"answer": "42", "agents": {"subagents": spawned, "finished_subagents": finished}})
+                      meta={"answer": "42", "agents": info})
 
 
-def test_parl_terms_and_annealing():
+def test_parl_terms_and_annealing_k25_credit():
     r = parl(orchestrator("[a = 40]\n40+2=42\n\\boxed{42}", spawned=3, finished=2, version=0),
-             l1=0.5, l2=0.3, anneal_steps=20, parallel_target=4)
+             l1=0.5, l2=0.3, anneal_steps=20, parallel_target=4, credit="all")
     assert r == pytest.approx({"parl": 1 + 0.5 * 0.75 + 0.3 * 2 / 3, "outcome": 1.0, "parallel": 0.75,
-                               "finish": 2 / 3, "l1": 0.5, "l2": 0.3})
+                               "finish": 2 / 3, "cost": 0.0, "l1": 0.5, "l2": 0.3, "l3": 0.0})
     half = parl(orchestrator("\\boxed{41}", spawned=8, finished=8, version=10), l1=0.5, l2=0.3, anneal_steps=20,
-                parallel_target=4)
+                parallel_target=4, credit="all")
     assert half["outcome"] == 0 and half["parallel"] == 1 and half["parl"] == pytest.approx(0.25 + 0.15)
-    late = parl(orchestrator("\\boxed{42}", spawned=8, finished=8, version=25), anneal_steps=20)
+    late = parl(orchestrator("\\boxed{42}", spawned=8, finished=8, version=25), anneal_steps=20, credit="all")
     assert late["parl"] == 1.0 and late["l1"] == late["l2"] == 0.0  # shaping annealed away: outcome only
-    serial = parl(orchestrator("\\boxed{42}", spawned=0, finished=0, version=0))
+    serial = parl(orchestrator("\\boxed{42}", spawned=0, finished=0, version=0, faithful=0))
     assert (serial["parallel"], serial["finish"]) == (0.0, 0.0)
-    assert parl(orchestrator("\\boxed{42}", 2, 2, 0, finish="length"))["outcome"] == 0.0
+    assert parl(orchestrator("\\boxed{42}", 2, 2, 0, finish="length", faithful=2))["outcome"] == 0.0
     assert [annealed(1.0, s, 4) for s in (0, 1, 4, 9)] == [1.0, 0.75, 0.0, 0.0] and annealed(1.0, 99, 0) == 1.0
+
+
+def test_faithful_credit_pays_only_parts_and_outcome_credit_only_right_answers():
+    # 4 sub-agents, all finished, one of them a part of the problem
+    spurious = orchestrator("\\boxed{41}", spawned=4, finished=4, version=0, faithful=1, faithful_finished=1)
+    r = parl(spurious, l1=0.5, l2=0.3, parallel_target=4)
+    assert (r["parallel"], r["finish"]) == (0.25, 0.25) and r["parl"] == pytest.approx(0.5 * 0.25 + 0.3 * 0.25)
+    assert parl(spurious, parallel_target=4, credit="outcome")["parl"] == 0.0  # wrong answer: no shaping at all
+    right = orchestrator("\\boxed{42}", spawned=4, finished=4, version=0)
+    assert parl(right, l1=0.5, l2=0.3, parallel_target=4, credit="outcome")["parl"] == pytest.approx(1.8)
+    with pytest.raises(ValueError, match="credit='faithful' needs sub-task fidelity.*credit='outcome'"):
+        parl(right)
+    with pytest.raises(ValueError, match="credit must be one of"):
+        parl(right, credit="some")
+    plain = Trajectory("p", "p@0", [1], [5], [0.0], response_text="\\boxed{42}", meta={"answer": "42"})
+    with pytest.raises(ValueError, match="agents.enabled"):
+        parl(plain)
+
+
+def test_cost_term_charges_subagent_tokens_and_anneals_on_its_own_schedule():
+    sample = orchestrator("\\boxed{42}", spawned=2, finished=2, version=10, faithful=2, faithful_finished=2,
+                          subagent_tokens=150)
+    r = parl(sample, l1=0.0, l2=0.0, l3=0.4, cost_tokens=300, anneal_steps=20)
+    assert r["cost"] == 0.5 and r["l3"] == pytest.approx(0.2) and r["parl"] == pytest.approx(1 - 0.2 * 0.5)
+    constant = parl(sample, l1=0.0, l2=0.0, l3=0.4, cost_tokens=300, anneal_steps=20, cost_anneal_steps=0)
+    assert constant["l3"] == 0.4 and constant["parl"] == pytest.approx(0.8)
+    cheaper = orchestrator("\\boxed{42}", 2, 2, 10, faithful=2, faithful_finished=2, subagent_tokens=60)
+    assert parl(cheaper, l3=0.4, cost_tokens=300, cost_anneal_steps=0)["parl"] > constant["parl"]
+    with pytest.raises(ValueError, match="cost_tokens"):
+        parl(sample, l3=0.4)
 
 
 def test_parl_through_compute_rewards_logs_every_term_and_credits_subagents():
     sub = Trajectory("p", "p@0/sub", [1], [5], [0.0], response_text="\\boxed{40}", agent=AgentInfo("subagent", "p#0"),
                      meta={"answer": "42", "parent_response": "\\boxed{42}", "parent_finish": "stop"})
-    trajs = [orchestrator("\\boxed{42}", 4, 4, 0), sub]
+    trajs = [orchestrator("\\boxed{42}", 4, 4, 0, faithful=4, faithful_finished=4), sub]
     metrics = compute_rewards(trajs, [RewardSpec("parl", options={"l1": 0.5, "l2": 0.3})])
     assert trajs[0].reward == pytest.approx(1.8) and trajs[1].reward == 1.0  # sub-agent: its parent's outcome
-    assert {"parl", "parl/outcome", "parl/parallel", "parl/finish", "parl/l1", "parl/l2"} <= set(trajs[0].rewards)
+    assert {"parl", "parl/outcome", "parl/parallel", "parl/finish", "parl/cost", "parl/l1", "parl/l2",
+            "parl/l3"} <= set(trajs[0].rewards)
     assert metrics["reward_mean/parl/l1"] == pytest.approx(0.25)

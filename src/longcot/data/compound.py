@@ -91,8 +91,16 @@ def make_compound(rng: random.Random, spec: CompoundSpec) -> dict:
     combo = "".join(f"{s}{p['name']}" if i else p["name"] for i, (s, p) in enumerate(zip(signs, parts, strict=True)))
     answer = sum(p["value"] * (1 if s == "+" else -1) for s, p in zip(signs, parts, strict=True))
     problem = "; ".join(f"{p['name']}={p['expr']}" for p in parts) + f"; find {combo}"
-    return {"problem": problem, "answer": str(answer), "parts": parts, "signs": signs,
+    return {"problem": problem, "answer": str(answer), "parts": parts, "signs": signs, "subtasks": subtasks(parts),
             "decompose": rng.random() < spec.decomposed_frac, "difficulty": sum(len(p["ops"]) for p in parts)}
+
+
+def subtasks(parts: list[dict]) -> list[list[str]]:
+    """Per part, the sub-agent tasks that are exactly that part (the fidelity check ``subtasks``): its expression,
+    or for a part that starts from another, both ``{a}-4`` and the form with a's value filled in (``-9-4``)."""
+    values = {p["name"]: p["value"] for p in parts}
+    return [[part_task(p), p["expr"].replace(p["start"], str(values[p["start"]]), 1)] if p["deps"] else [p["expr"]]
+            for p in parts]
 
 
 def _combine_lines(row: dict) -> list[str]:

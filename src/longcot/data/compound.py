@@ -39,6 +39,7 @@ class CompoundSpec:
     dep_prob: float = 0.25  # chance that a part (after the first) starts from an earlier part's value
     recheck: bool = True  # a "check" line after every step of a part (the work sub-agents take over)
     decomposed_frac: float = 0.2  # fraction of SFT traces that decompose
+    roles: str = ""  # comma-separated sub-agent roles; each SFT directive names one at random ([a@calc: ...])
 
     def __post_init__(self) -> None:
         if not 2 <= self.min_parts <= self.max_parts <= len(NAMES):
@@ -48,6 +49,13 @@ class CompoundSpec:
             raise ValueError(f"compound task: ops must be a non-empty subset of '+-*', got {self.ops!r}")
         if not 1 <= self.min_ops <= self.max_ops:
             raise ValueError(f"compound task: need 1 <= min_ops <= max_ops, got {self.min_ops}, {self.max_ops}")
+        if self.roles and not all(r.strip().isidentifier() for r in self.roles.split(",")):
+            raise ValueError(f"compound task: roles must be comma-separated names like 'worker,calc', "
+                             f"got {self.roles!r}")
+
+    @property
+    def role_names(self) -> list[str]:
+        return [r.strip() for r in self.roles.split(",")] if self.roles else []
 
 
 def chain(start: str, start_value: int, ops: list[tuple[str, int]], recheck: bool) -> tuple[str, list[str], int]:
@@ -91,8 +99,11 @@ def make_compound(rng: random.Random, spec: CompoundSpec) -> dict:
     combo = "".join(f"{s}{p['name']}" if i else p["name"] for i, (s, p) in enumerate(zip(signs, parts, strict=True)))
     answer = sum(p["value"] * (1 if s == "+" else -1) for s, p in zip(signs, parts, strict=True))
     problem = "; ".join(f"{p['name']}={p['expr']}" for p in parts) + f"; find {combo}"
-    return {"problem": problem, "answer": str(answer), "parts": parts, "signs": signs, "subtasks": subtasks(parts),
-            "decompose": rng.random() < spec.decomposed_frac, "difficulty": sum(len(p["ops"]) for p in parts)}
+    row = {"problem": problem, "answer": str(answer), "parts": parts, "signs": signs, "subtasks": subtasks(parts),
+           "decompose": rng.random() < spec.decomposed_frac, "difficulty": sum(len(p["ops"]) for p in parts)}
+    if spec.role_names:  # drawn last: a spec without roles makes the same problems as before roles existed
+        row["roles"] = [rng.choice(spec.role_names) for _ in parts]
+    return row
 
 
 def subtasks(parts: list[dict]) -> list[list[str]]:
@@ -154,11 +165,14 @@ def serial_solution(row: dict, spec: CompoundSpec) -> str:
 
 
 def decomposed_turns(row: dict) -> tuple[str, str, str]:
-    """(first turn, observation, final turn) of the orchestrator's decomposed solution."""
+    """(first turn, observation, final turn) of the orchestrator's decomposed solution; with ``roles`` in the row,
+    each directive names its part's role (``[a@calc: 7-9-7]``)."""
     spawns = []
-    for p in row["parts"]:
+    roles = row.get("roles") or [None] * len(row["parts"])
+    for p, role in zip(row["parts"], roles, strict=True):
         after = f" after {','.join(p['deps'])}" if p["deps"] else ""
-        spawns.append(f"[{p['name']}{after}: {part_task(p)}]")
+        at = f"@{role}" if role else ""
+        spawns.append(f"[{p['name']}{at}{after}: {part_task(p)}]")
     first = "\n".join(spawns) + "\n" + WAIT
     obs = format_results([(p["name"], str(p["value"])) for p in row["parts"]], [])
     final = "\n".join(_combine_lines(row)) + f"\n\\boxed{{{row['answer']}}}"

@@ -34,7 +34,8 @@ def check_steps(text: str) -> None:
             assert {"+": a + b, "-": a - b, "*": a * b}[op] == c, line
 
 
-@pytest.mark.parametrize("spec", [CompoundSpec(), CompoundSpec(ops="+-", dep_prob=0.5, min_parts=2, max_parts=6)])
+@pytest.mark.parametrize("spec", [CompoundSpec(), CompoundSpec(ops="+-", dep_prob=0.5, min_parts=2, max_parts=6),
+                                  CompoundSpec(ops="+-", dep_prob=0.0, min_parts=3, max_parts=8, combine="tuple")])
 def test_traces_are_correct_and_decompositions_follow_the_protocol(spec):
     rng = random.Random(0)
     for _ in range(200):
@@ -58,6 +59,8 @@ def test_traces_are_correct_and_decompositions_follow_the_protocol(spec):
         assert obs == "\n" + "".join(f"[{n} = {v}]\n" for n, v in values.items())
         assert final.endswith(f"\\boxed{{{row['answer']}}}")
         check_steps(final)
+        if spec.combine == "tuple":  # the wide task's answer lists every part, in order, graded as a tuple
+            assert row["answer"] == "(" + ", ".join(values.values()) + ")" and final == f"\\boxed{{{row['answer']}}}"
 
 
 def test_sft_pairs_never_train_on_observations():
@@ -72,6 +75,25 @@ def test_sft_pairs_never_train_on_observations():
         assert not re.search(r"\[\w+ = ", completion)  # results only ever appear in prompts
     second_turns = [p for p, _ in pairs if "[wait]" in p]
     assert len(second_turns) == n_dec and all(re.search(r"\[a = -?\d+\]", p) for p in second_turns)
+
+
+def test_subtasks_name_every_part_and_roles_are_written_into_directives():
+    from longcot.agents.fidelity import subtasks as check
+
+    spec = CompoundSpec(ops="+-", dep_prob=0.5, min_parts=3, max_parts=5, roles="worker,calc")
+    rng = random.Random(3)
+    rows = [make_compound(rng, spec) for _ in range(50)]
+    for row in rows:
+        first, _, _ = decomposed_turns(row)
+        spawns = parse_turn(first).spawns
+        # the first role is the default: its directives name no role
+        assert [s.role for s in spawns] == [None if r == "worker" else r for r in row["roles"]]
+        values = {p["name"]: str(p["value"]) for p in row["parts"]}
+        for j, s in enumerate(spawns):  # the decomposition's own tasks are the parts, as written and resolved
+            assert check(row, s.task) == j and check(row, substitute(s.task, values)) == j
+    assert {r for row in rows for r in row["roles"]} == {"worker", "calc"}
+    plain = make_compound(random.Random(3), CompoundSpec(ops="+-", dep_prob=0.5, min_parts=3, max_parts=5))
+    assert plain["problem"] == rows[0]["problem"] and "roles" not in plain  # roles do not change the problems
 
 
 def test_build_task_compound_and_unknown_option():

@@ -126,7 +126,8 @@ class SubagentRole:
 
     policy: Literal["shared", "frozen"] = "shared"  # shared: the policy being trained; frozen: a fixed checkpoint
     path: str = ""  # frozen: its checkpoint; empty: `recipe`'s final checkpoint, else the policy RL starts from
-    recipe: str = ""  # frozen: a recipe that trains this specialist; run first when its checkpoint is missing
+    recipe: str = ""  # frozen: a recipe (path from the working directory) that trains this specialist, run first
+    # when its checkpoint is missing
     engine: Literal["vllm", "hf"] = "hf"  # frozen: the engine that serves it (shared uses the rollout engine)
     template: str = ""  # its prompt, with {task}; empty: agents.subagent_template
     max_tokens: int = 0  # per sub-agent; 0: agents.subagent_max_tokens

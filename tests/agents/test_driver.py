@@ -167,3 +167,12 @@ def extract_answer_majority(trajs):
     from longcot.agents.protocol import majority
 
     return majority([extract_answer(t.response_text) for t in trajs])
+
+
+def test_a_step_without_engine_logprobs_gives_records_without_them(vllm_engine, tok, scripted):
+    agents = AgentEngine(vllm_engine, tok, AgentsConfig(enabled=True, max_rounds=1, subagent_max_tokens=4))
+    for wanted in (False, True):  # rollout.logprobs_every: most steps do not ask the engine for log-probs
+        (orch,) = agents.generate([scripted("[a: 1+2]\n[wait]")],
+                                  SamplingConfig(n=1, max_tokens=6, seed=0, logprobs=wanted))
+        assert len(orch.rollout_logprobs) == (len(orch.response_ids) if wanted else 0)
+        assert all(len(t.rollout_logprobs) == (len(t.response_ids) if wanted else 0) for t in agents.last_subagents)

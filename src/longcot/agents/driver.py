@@ -126,29 +126,29 @@ class AgentEngine:
         A prompt with ``meta["orchestrator_turn"]`` has that text as its scripted first turn (a demo or a
         test drives the protocol through a real engine this way); scripted tokens get no gradient.
         """
-        budget = self._turn_budget(active, sampling)
+        room = self._turn_room(active, sampling)
         runnable = []
         for s in active:
             scripted = s.prompt.meta.get(SCRIPTED) if rnd == 0 else None
             if scripted:
                 ids = self._encode(scripted)
                 self._after_turn(s, "scripted", scripted, ids, [0.0] * len(ids), "stop", 0, rnd)
-            elif budget[s.key] <= 0:
+            elif room[s.key] <= 0:
                 s.done, s.finish = True, "length"
             else:
                 runnable.append(s)
         if not runnable:
             return
         turn_sampling = SamplingConfig(n=1, temperature=sampling.temperature, top_p=sampling.top_p,
-                                       top_k=sampling.top_k, max_tokens=max(budget[s.key] for s in runnable),
-                                       stop=[*sampling.stop, WAIT],
+                                       top_k=sampling.top_k, max_tokens=max(room[s.key] for s in runnable),
+                                       stop=[*sampling.stop, WAIT], logprobs=sampling.logprobs,
                                        seed=None if sampling.seed is None else sampling.seed + 7919 * rnd)
         prompts = [Prompt(f"{s.key}/t{rnd}", s.prompt.prompt_ids + s.ids, meta={}) for s in runnable]
         outs = self.engine.generate(prompts, turn_sampling)
         for s, t in zip(runnable, outs, strict=True):
             ids, lps, text, finish = t.response_ids, t.rollout_logprobs, t.response_text, t.finish
-            if len(ids) > budget[s.key]:  # one call serves all: cut each to its own budget
-                ids, lps, finish = ids[:budget[s.key]], lps[:budget[s.key]], "length"
+            if len(ids) > room[s.key]:  # one call serves all: cut each to its own room
+                ids, lps, finish = ids[:room[s.key]], lps[:room[s.key]], "length"
                 text = self.tokenizer.decode(ids, skip_special_tokens=True)
             version = t.segments[0].policy_version if t.segments else 0
             self._after_turn(s, "gen", text, ids, lps, finish, version, rnd)
@@ -183,7 +183,7 @@ class AgentEngine:
         spawn.role = role.name
         return s.budget.admit(spawn.name, role.max_tokens * self.cfg.vote_k)
 
-    def _turn_budget(self, active: list[Orchestrator], sampling: SamplingConfig) -> dict[str, int]:
+    def _turn_room(self, active: list[Orchestrator], sampling: SamplingConfig) -> dict[str, int]:
         """Tokens each orchestrator may still generate: per turn, in total, and within max_model_len."""
         out = {}
         for s in active:
@@ -241,6 +241,8 @@ class AgentEngine:
 
     def _run_role(self, role: Role, members: list[tuple[Orchestrator, SubAgent]], sampling: SamplingConfig, rnd: int,
                   w: int) -> None:
+        """One batch on the role's engine, with its template, token limit and temperature. A task too long for
+        the engine is skipped here and reported by the round as ``task_too_long``."""
         cfg = self.cfg
         limit = getattr(role.engine, "max_model_len", None)
         prompts, owners = [], []
@@ -268,6 +270,7 @@ class AgentEngine:
             sub.faithful = s.fidelity.judge(sub.directive, sub.task)
             s.budget.settle(sub.reserved, sum(len(t.response_ids) for t in sub.trajs))
             sub.reserved = 0
+
 
 def wrap_engine(engine: Engine, recipe: Any, tokenizer: Any, trace_dir: str | Path, policy_path: str) -> Engine:
     """``engine`` itself, or an :class:`AgentEngine` around it when ``recipe.agents.enabled``.

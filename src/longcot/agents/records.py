@@ -45,7 +45,7 @@ def orchestrator_record(s: Orchestrator, group_tag: str) -> Trajectory:
     info = summary(s)
     return Trajectory(
         prompt_id=s.prompt.prompt_id, group_id=s.prompt.prompt_id + group_tag, prompt_ids=list(s.prompt.prompt_ids),
-        response_ids=list(s.ids), rollout_logprobs=list(s.logprobs), finish=s.finish,
+        response_ids=list(s.ids), rollout_logprobs=[] if s.logprobs_missing else list(s.logprobs), finish=s.finish,
         response_text="".join(p["text"] for p in s.pieces), prompt_text=s.prompt.prompt_text,
         segments=list(s.segments), loss_mask=list(s.mask),
         agent=AgentInfo("orchestrator", None, 0, info["critical_steps"]),

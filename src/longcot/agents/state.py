@@ -61,11 +61,16 @@ class Orchestrator:
     sub_path_tokens: int = 0  # per wave, the longest sub-agent
     budget: Budget = field(default_factory=Budget)
     fidelity: FidelityTracker | None = None
+    logprobs_missing: bool = False  # a turn came without engine log-probs: the record carries none
 
     def append(self, kind: str, text: str, ids: list[int], logprobs: list[float] | None, rnd: int) -> None:
+        """Add a piece; ``logprobs`` None for text the policy did not sample (logprob 0), [] when the engine was
+        not asked for them (the record then has none: ``rollout.logprobs_every``)."""
         start = len(self.ids)
         self.ids += ids
-        self.logprobs += logprobs if logprobs is not None else [0.0] * len(ids)
+        if kind == "gen" and ids and not logprobs:
+            self.logprobs_missing = True
+        self.logprobs += logprobs if logprobs else [0.0] * len(ids)
         self.mask += [1 if kind == "gen" else 0] * len(ids)  # observations and scripted text: no gradient
         self.pieces.append({"kind": kind, "text": text, "start": start, "end": len(self.ids), "round": rnd})
 

@@ -52,7 +52,7 @@ def summarize(run: Path) -> dict:
     traces = _eval_traces(run) if agents else []
     if traces:  # the last eval's samples: how many decomposed, and the roles they used
         out["last_eval_samples"] = {"decomposed_frac": sum(t["summary"]["subagents"] > 0 for t in traces) / len(traces),
-                                    "roles": dict(Counter(s["role"] for t in traces for s in t["subagents"]))}
+                                    "roles": dict(Counter(s.get("role", "?") for t in traces for s in t["subagents"]))}
     return out
 
 

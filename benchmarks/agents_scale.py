@@ -1,6 +1,6 @@
 """Sub-agents per second at 1, 16, 128 and 256 concurrent sub-agents: one engine batch vs one by one.
 
-    OMP_NUM_THREADS=1 python benchmarks/agents_scale.py [--counts 1 16 128 256] [--tokens 32] [--repeats 3]
+    OMP_NUM_THREADS=1 python benchmarks/agents_scale.py [--counts 1 16 128 256] [--tokens 32] [--repeats 5]
 
 An orchestrator's scripted first turn spawns N independent sub-agents (``[s0: 1+0] [s1: 1+1] ... [wait]``); the
 :class:`~longcot.agents.driver.AgentEngine` runs them on the tiny MoE in vLLM, either all in one engine batch
@@ -8,9 +8,9 @@ An orchestrator's scripted first turn spawns N independent sub-agents (``[s0: 1+
 the orchestrator reads the N answers (one turn of 1 token). The model is freshly initialised and sampled greedily,
 so both schedules generate the same tokens (up to ``--tokens`` per sub-agent; the random model rarely stops
 earlier) and do the same work.
-Reported: the median over ``--repeats`` of N / (wall time of the whole ``generate`` call), the ratio of the two
-schedules, and the engine calls and largest batch the driver logged. Results go to
-``benchmarks/results/agents_scale.json``.
+Reported: the median over ``--repeats`` of N / (wall time of the whole ``generate`` call; the two schedules
+alternate within each repeat, so a busy host slows both alike), the ratio of the two schedules, and the engine
+calls and largest batch the driver logged. Results go to ``benchmarks/results/agents_scale.json``.
 """
 
 from __future__ import annotations
@@ -52,23 +52,30 @@ def run_once(engine, tok, count: int, tokens: int, schedule: str, seed: int) -> 
     return seconds, agents.last_metrics
 
 
-def measure(engine, tok, count: int, tokens: int, schedule: str, repeats: int) -> dict:
-    times, metrics = [], {}
+def measure(engine, tok, count: int, tokens: int, repeats: int) -> dict:
+    """Both schedules, alternating within each repeat (a busy host slows both alike), medians over repeats."""
+    times: dict[str, list[float]] = {"dependency": [], "sequential": []}
+    metrics: dict[str, dict] = {}
     for r in range(repeats):
-        seconds, metrics = run_once(engine, tok, count, tokens, schedule, seed=r)
-        times.append(seconds)
-    median = statistics.median(times)
-    return {"subagents_per_s": round(count / median, 2), "seconds_median": round(median, 3),
-            "seconds": [round(t, 3) for t in times], "engine_calls": int(metrics["agents/subagent_engine_calls"]),
-            "batch_max": int(metrics["agents/subagent_batch_max"]),
-            "subagent_tokens": int(metrics["agents/subagent_tokens_mean"])}
+        for schedule in times:
+            seconds, metrics[schedule] = run_once(engine, tok, count, tokens, schedule, seed=r)
+            times[schedule].append(seconds)
+    out = {}
+    for schedule, label in (("dependency", "batched"), ("sequential", "one_by_one")):
+        median, m = statistics.median(times[schedule]), metrics[schedule]
+        out[label] = {"subagents_per_s": round(count / median, 2), "seconds_median": round(median, 3),
+                      "seconds": [round(t, 3) for t in times[schedule]],
+                      "engine_calls": int(m["agents/subagent_engine_calls"]),
+                      "batch_max": int(m["agents/subagent_batch_max"]),
+                      "subagent_tokens": int(m["agents/subagent_tokens_mean"])}
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--counts", type=int, nargs="+", default=[1, 16, 128, 256])
     ap.add_argument("--tokens", type=int, default=32)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args(argv)
     model_dir = str(build_tiny_moe(tempfile.mkdtemp(prefix="tiny_moe_")))
@@ -78,9 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     try:
         for count in args.counts:
-            row = {"subagents": count}
-            for schedule, label in (("dependency", "batched"), ("sequential", "one_by_one")):
-                row[label] = measure(engine, tok, count, args.tokens, schedule, args.repeats)
+            row = {"subagents": count, **measure(engine, tok, count, args.tokens, args.repeats)}
             row["speedup"] = round(row["batched"]["subagents_per_s"] / row["one_by_one"]["subagents_per_s"], 2)
             rows.append(row)
             print(json.dumps(row), flush=True)

@@ -176,3 +176,14 @@ def test_a_step_without_engine_logprobs_gives_records_without_them(vllm_engine, 
                                   SamplingConfig(n=1, max_tokens=6, seed=0, logprobs=wanted))
         assert len(orch.rollout_logprobs) == (len(orch.response_ids) if wanted else 0)
         assert all(len(t.rollout_logprobs) == (len(t.response_ids) if wanted else 0) for t in agents.last_subagents)
+
+
+def test_state_dict_keeps_naming_eval_traces_where_a_resumed_run_stopped(vllm_engine, tok, scripted, tmp_path):
+    cfg = AgentsConfig(enabled=True, max_rounds=1, subagent_max_tokens=4)
+    first = AgentEngine(vllm_engine, tok, cfg, trace_dir=tmp_path)
+    first.generate([scripted("[a: 1+2]\n[wait]")], SamplingConfig(n=1, max_tokens=4, seed=0))
+    resumed = AgentEngine(vllm_engine, tok, cfg, trace_dir=tmp_path)
+    resumed.load_state_dict(first.state_dict())
+    resumed.generate([scripted("[a: 1+2]\n[wait]")], SamplingConfig(n=1, max_tokens=4, seed=0))
+    assert resumed.state_dict() == {"calls": 2}
+    assert sorted(p.name for p in tmp_path.glob("eval-*.jsonl")) == ["eval-000.jsonl", "eval-001.jsonl"]

@@ -105,6 +105,14 @@ class AgentEngine:
     def compute_logprobs(self, prompt_ids: list[list[int]], response_ids: list[list[int]]) -> list[list[float]]:
         return self.engine.compute_logprobs(prompt_ids, response_ids)
 
+    def state_dict(self) -> dict:
+        """Agent rollouts carry nothing across steps but the call counter that names evaluation traces
+        (``eval-003``): a resumed run (``longcot train --resume``) keeps naming them where it stopped."""
+        return {"calls": self.calls}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.calls = int(state["calls"])
+
     def shutdown(self) -> None:
         engines = {id(self.engine): self.engine, **{id(r.engine): r.engine for r in self.roles.values()}}
         for e in engines.values():

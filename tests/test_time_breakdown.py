@@ -85,7 +85,7 @@ def test_every_heavy_call_runs_inside_a_timed_phase(policy_dir, tmp_path, monkey
 
     monkeypatch.setattr(trainer_module.StepTimer, "phase", phase)
     monkeypatch.setattr(trainer_module, "compute_rewards", spy("rewards", trainer_module.compute_rewards))
-    monkeypatch.setattr(learner_module, "response_logprobs", spy("forward", learner_module.response_logprobs))
+    monkeypatch.setattr(learner_module.Learner, "_forward", spy("forward", learner_module.Learner._forward))
     trainer.engine.generate = spy("generate", trainer.engine.generate)
     trainer.engine.sync_weights = spy("sync", trainer.engine.sync_weights)
     trainer.learner.optimizer.step = spy("optimizer", trainer.learner.optimizer.step)

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from longcot import agents
 from longcot.config import Recipe
 from longcot.data import Task, build_task
 from longcot.data.prompts import PromptSource
@@ -22,7 +23,7 @@ from longcot.eval.evaluate import evaluate
 from longcot.eval.grading import make_grader
 from longcot.policies.build import build_tiny_moe
 from longcot.policies.load import load_policy, load_tokenizer
-from longcot.rollout import agents, build_engine
+from longcot.rollout import build_engine
 from longcot.rollout.base import SamplingConfig
 from longcot.run import RunDir
 from longcot.run.checkpoint import restore_training_state, save_training_state
@@ -95,6 +96,8 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict
     validate_recipe(recipe)  # every name, option, file and this machine's sandbox: before any work
     if recipe.threads:
         torch.set_num_threads(recipe.threads)
+    if recipe.agents.enabled:
+        agents.train_specialists(recipe)  # specialist sub-agents a frozen role names by recipe, when missing
     seed_everything(recipe.seed)
     run, state = open_run(recipe, resume, overwrite)
     run.write_config(recipe)
@@ -140,7 +143,7 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict
 
     plot_curves(run.metrics_path, run.root / "curves.png")
     if recipe.agents.enabled:
-        from longcot.rollout.agents_report import plot_agent_curves
+        from longcot.agents.report import plot_agent_curves
 
         plot_agent_curves(run.root)  # agents/curves.png: sub-agents, critical path, PARL reward terms
     return run.summary

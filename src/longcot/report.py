@@ -11,8 +11,7 @@ import json
 import statistics
 from pathlib import Path
 
-from longcot.jsonl import read_jsonl
-from longcot.plots import save_figure
+from longcot.plots import plot_metric_grid, read_metrics
 
 CURVES = (("reward_mean", "reward"), ("accuracy", "train accuracy"), ("response_len_mean", "response length (tokens)"))
 # Drawn too when a run logged them: rollout/trainer mismatch, MoE routing, MuonClip (docs/moe.md)
@@ -24,48 +23,12 @@ SUMMARY_KEYS = ("logprob_gap", "mismatch/gap_max", "mismatch/kl_k3", "mismatch/f
                 "moe/dead_experts", "router_aux_loss", "qk_clip/max_logit", "qk_clip/clipped_heads")
 
 
-def read_metrics(path: str | Path) -> list[dict]:
-    """The rows of a run's ``metrics.jsonl`` ([] before the first step)."""
-    path = Path(path)
-    return read_jsonl(path) if path.is_file() else []
-
-
 def plot_curves(metrics_path: str | Path, out_png: str | Path) -> Path | None:
     """Reward, accuracy and response length per RL step (and held-out accuracy when logged), plus the mismatch,
     routing and attention-logit curves of runs that logged them."""
     rows = read_metrics(metrics_path)
     curves = CURVES + tuple(c for c in EXTRA_CURVES if any(c[0] in r for r in rows))
     return plot_metric_grid(rows, curves, out_png, ncols=len(CURVES), heldout={"accuracy": "eval/accuracy"})
-
-
-def plot_metric_grid(rows: list[dict], curves: tuple[tuple[str, str], ...], out_png: str | Path, ncols: int,
-                     heldout: dict[str, str] | None = None) -> Path | None:
-    """One panel per ``(metrics key, title)`` against the RL step (steps without the key are skipped);
-    ``heldout`` maps a panel's key to a periodic eval key drawn over it as points. None without rows."""
-    if not rows:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    nrows = -(-len(curves) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.2 * nrows), squeeze=False)
-    flat = list(axes.flat)
-    for ax in flat[len(curves):]:  # a last row with fewer panels than columns
-        ax.axis("off")
-    for ax, (key, title) in zip(flat[: len(curves)], curves, strict=True):
-        pts = [(r["step"], r[key]) for r in rows if key in r]
-        if pts:
-            ax.plot(*zip(*pts, strict=True), lw=1.2)
-        ev = [(r["step"], r[heldout[key]]) for r in rows if heldout and key in heldout and heldout[key] in r]
-        if ev:
-            ax.plot(*zip(*ev, strict=True), "o-", label="held-out")
-            ax.legend()
-        ax.set_title(title)
-        ax.set_xlabel("RL step")
-        ax.grid(alpha=0.3)
-    return save_figure(fig, out_png)
 
 
 def time_breakdown(rows: list[dict]) -> dict[str, dict[str, float]]:
@@ -140,10 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     if not Path(ns.run_dir).is_dir():
         ap.error(f"no such run directory: {ns.run_dir}")
     if ns.sample:
-        try:
-            from longcot.rollout.agents_report import render_sample
-        except ImportError:
-            ap.error("--sample needs a parallel-agent run (longcot.rollout.agents_report is not available)")
+        from longcot.agents.report import render_sample
+
         try:
             print(render_sample(ns.run_dir, ns.sample))
         except (KeyError, FileNotFoundError) as e:  # unknown/ambiguous id, no traces: a message, not a traceback

@@ -171,7 +171,8 @@ def _coerce(value: Any, tp: Any, key: str, source: Source) -> Any:
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{source.of(key)}: '{key}': expected a mapping, got {value!r}")
-        return dict(value)
+        _, value_tp = typing.get_args(tp) or (Any, Any)
+        return {k: _coerce(v, value_tp, f"{key}.{k}", source) for k, v in value.items()}
     if tp is Any:
         return value
     if tp is float and isinstance(value, int) and not isinstance(value, bool):

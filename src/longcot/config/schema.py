@@ -214,6 +214,41 @@ class EvalConfig:
 
 
 @dataclass
+class SubagentRole:
+    """Who answers the directives that name a role (``[a@calc: 7-9]``; docs/agents.md, "Roles")."""
+
+    policy: Literal["shared", "frozen"] = "shared"  # shared: the policy being trained; frozen: a fixed checkpoint
+    path: str = ""  # frozen: its checkpoint; empty: `recipe`'s final checkpoint, else the policy RL starts from
+    recipe: str = ""  # frozen: a recipe (path from the working directory) that trains this specialist, run first
+    # when its checkpoint is missing
+    engine: Literal["vllm", "hf"] = "hf"  # frozen: the engine that serves it (shared uses the rollout engine)
+    template: str = ""  # its prompt, with {task}; empty: agents.subagent_template
+    max_tokens: int = 0  # per sub-agent; 0: agents.subagent_max_tokens
+    temperature: float | None = None  # None: agents.subagent_temperature
+
+    def __post_init__(self) -> None:
+        if self.template and "{task}" not in self.template:
+            raise ValueError(f"a sub-agent role's template must contain '{{task}}', got {self.template!r}")
+        if self.max_tokens < 0:
+            raise ValueError(f"a sub-agent role's max_tokens must be >= 0 (0: agents.subagent_max_tokens), "
+                             f"got {self.max_tokens}")
+        if self.policy == "shared" and (self.path or self.recipe):
+            raise ValueError("a shared sub-agent role is the trained policy itself: path/recipe need policy: frozen")
+
+
+@dataclass
+class AgentBudget:
+    """What one task (orchestrator sample) may spend on sub-agents, over all its rounds; 0: no limit."""
+
+    max_subagents: int = 0
+    max_subagent_tokens: int = 0  # tokens its sub-agents may generate (every vote counts)
+
+    def __post_init__(self) -> None:
+        if self.max_subagents < 0 or self.max_subagent_tokens < 0:
+            raise ValueError("agents.budget limits must be >= 0 (0: no limit)")
+
+
+@dataclass
 class AgentsConfig:
     """Parallel-agent rollouts (docs/agents.md): the policy orchestrates sub-agents. Off by default."""
 
@@ -222,10 +257,12 @@ class AgentsConfig:
     max_subagents_per_round: int = 16  # per orchestrator sample; extra directives get an error observation
     schedule: Literal["dependency", "sequential"] = "dependency"  # sequential: one sub-agent per engine call
     vote_k: int = 1  # k samples per sub-agent, majority answer
-    subagent_policy: Literal["shared", "frozen"] = "shared"  # frozen: a fixed checkpoint answers (K2.5)
-    frozen_path: str = ""  # frozen sub-agents' checkpoint; empty: the policy RL starts from
-    frozen_engine: Literal["vllm", "hf"] = "hf"
-    train_subagents: bool = False  # also train on sub-agent tokens (default: orchestrator tokens only)
+    # role -> who answers it; a directive without @role gets default_role (empty: the first role listed)
+    subagents: dict[str, SubagentRole] = field(default_factory=lambda: {"worker": SubagentRole()})
+    default_role: str = ""
+    budget: AgentBudget = field(default_factory=AgentBudget)
+    fidelity: str = "subtasks"  # sub-task fidelity check: a registered name or module:function (agents/fidelity.py)
+    train_subagents: bool = False  # also train on shared-role sub-agent tokens (default: orchestrator tokens only)
     subagent_template: str = "Q: {task}\n"
     subagent_max_tokens: int = 128
     subagent_temperature: float | None = None  # None: the rollout temperature
@@ -239,6 +276,16 @@ class AgentsConfig:
             raise ValueError("agents.max_rounds must be >= 0, agents.vote_k and agents.subagent_max_tokens >= 1")
         if "{task}" not in self.subagent_template:
             raise ValueError(f"agents.subagent_template must contain '{{task}}', got {self.subagent_template!r}")
+        if not self.subagents:
+            raise ValueError("agents.subagents needs at least one role, e.g. {worker: {policy: shared}}")
+        if self.default_role and self.default_role not in self.subagents:
+            raise ValueError(f"agents.default_role '{self.default_role}' is not a role in agents.subagents "
+                             f"({', '.join(self.subagents)})")
+
+    @property
+    def default(self) -> str:
+        """The role of a directive that names none."""
+        return self.default_role or next(iter(self.subagents))
 
 
 @dataclass

@@ -191,8 +191,15 @@ def _without_seed(fn: Callable) -> Callable:
 def _check_paths(recipe, problems: Problems) -> None:
     if recipe.model.path:
         check_model_path(recipe.model.path, "model.path", problems)
-    if recipe.agents.enabled and recipe.agents.subagent_policy == "frozen" and recipe.agents.frozen_path:
-        check_model_path(recipe.agents.frozen_path, "agents.frozen_path", problems)
+    for name, role in recipe.agents.subagents.items() if recipe.agents.enabled else ():
+        if role.policy == "frozen" and role.path:
+            check_model_path(role.path, f"agents.subagents.{name}.path", problems)
+        if role.policy == "frozen" and role.recipe and not Path(role.recipe).is_file():
+            problems.add(f"agents.subagents.{name}.recipe", f"specialist recipe not found: {role.recipe}")
+    if recipe.agents.enabled:
+        from longcot.agents.fidelity import get_check
+
+        problems.call("agents.fidelity", get_check, recipe.agents.fidelity)
 
 
 def _check_combinations(recipe, problems: Problems) -> None:

@@ -4,7 +4,11 @@ A problem names parts and asks for a combination of them, e.g.::
 
     a=(7+5)*2-3; b=9*2-4; c=a*2+1; find a+b-c
 
-``a`` and ``b`` are independent; ``c`` depends on ``a``. Two solver traces exist for each problem:
+``a`` and ``b`` are independent; ``c`` depends on ``a``. With ``combine="tuple"`` the problem is *wide*: it asks
+for every part's value, ``a=4+2+5; b=2-8+6; ...; h=1+5; find (a, b, ..., h)``, answered ``(11, 0, ..., 6)``
+(graded as an ordered tuple). Each part is a short chain a small model gets right on its own; the whole serial
+trace is long, and the answer is only right if every part is (docs/agents.md, "The wide task").
+Two solver traces exist for each problem:
 
 * serial: the policy works every part itself, one step per line (with ``check`` lines, the long
   chain-of-thought that parallelism can take off the critical path), then combines them;
@@ -22,8 +26,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from longcot.agents.protocol import WAIT, format_results
 from longcot.data.arith import _apply, disjoint_split
-from longcot.rollout.agents_protocol import WAIT, format_results
 
 NAMES = "abcdefgh"
 
@@ -39,6 +43,9 @@ class CompoundSpec:
     dep_prob: float = 0.25  # chance that a part (after the first) starts from an earlier part's value
     recheck: bool = True  # a "check" line after every step of a part (the work sub-agents take over)
     decomposed_frac: float = 0.2  # fraction of SFT traces that decompose
+    combine: str = "sum"  # the answer: "sum" (a signed sum of the parts) or "tuple" (every part's value, in order)
+    roles: str = ""  # comma-separated sub-agent roles; each SFT directive picks one at random ([a@calc: ...]);
+    # the first is the default role: its directives name no role
 
     def __post_init__(self) -> None:
         if not 2 <= self.min_parts <= self.max_parts <= len(NAMES):
@@ -48,6 +55,17 @@ class CompoundSpec:
             raise ValueError(f"compound task: ops must be a non-empty subset of '+-*', got {self.ops!r}")
         if not 1 <= self.min_ops <= self.max_ops:
             raise ValueError(f"compound task: need 1 <= min_ops <= max_ops, got {self.min_ops}, {self.max_ops}")
+        if self.combine not in ("sum", "tuple"):
+            raise ValueError(f"compound task: combine must be 'sum' or 'tuple', got {self.combine!r}")
+        if self.combine == "tuple" and self.min_parts < 3:
+            raise ValueError("compound task: combine='tuple' needs min_parts >= 3 (a pair reads as an interval)")
+        if self.roles and not all(r.strip().isidentifier() for r in self.roles.split(",")):
+            raise ValueError(f"compound task: roles must be comma-separated names like 'worker,calc', "
+                             f"got {self.roles!r}")
+
+    @property
+    def role_names(self) -> list[str]:
+        return [r.strip() for r in self.roles.split(",")] if self.roles else []
 
 
 def chain(start: str, start_value: int, ops: list[tuple[str, int]], recheck: bool) -> tuple[str, list[str], int]:
@@ -87,15 +105,40 @@ def make_compound(rng: random.Random, spec: CompoundSpec) -> dict:
         ops = _ops(rng, spec)
         expr, _, result = chain(start, value, ops, spec.recheck)
         parts.append({"name": name, "expr": expr, "deps": deps, "ops": ops, "start": start, "value": result})
-    signs = ["+"] + [rng.choice("+-") for _ in parts[1:]]
-    combo = "".join(f"{s}{p['name']}" if i else p["name"] for i, (s, p) in enumerate(zip(signs, parts, strict=True)))
-    answer = sum(p["value"] * (1 if s == "+" else -1) for s, p in zip(signs, parts, strict=True))
+    if spec.combine == "tuple":
+        signs = []
+        combo = "(" + ", ".join(p["name"] for p in parts) + ")"
+        answer = _tuple(p["value"] for p in parts)
+    else:
+        signs = ["+"] + [rng.choice("+-") for _ in parts[1:]]
+        combo = "".join(f"{s}{p['name']}" if i else p["name"] for i, (s, p) in enumerate(zip(signs, parts,
+                                                                                               strict=True)))
+        answer = sum(p["value"] * (1 if s == "+" else -1) for s, p in zip(signs, parts, strict=True))
     problem = "; ".join(f"{p['name']}={p['expr']}" for p in parts) + f"; find {combo}"
-    return {"problem": problem, "answer": str(answer), "parts": parts, "signs": signs,
-            "decompose": rng.random() < spec.decomposed_frac, "difficulty": sum(len(p["ops"]) for p in parts)}
+    row = {"problem": problem, "answer": str(answer), "parts": parts, "signs": signs, "subtasks": subtasks(parts),
+           "decompose": rng.random() < spec.decomposed_frac, "difficulty": sum(len(p["ops"]) for p in parts)}
+    if spec.role_names:  # drawn last: a spec without roles makes the same problems as before roles existed
+        row["roles"] = [rng.choice(spec.role_names) for _ in parts]
+        row["default_role"] = spec.role_names[0]
+    return row
+
+
+def subtasks(parts: list[dict]) -> list[list[str]]:
+    """Per part, the sub-agent tasks that are exactly that part (the fidelity check ``subtasks``): its expression,
+    or for a part that starts from another, both ``{a}-4`` and the form with a's value filled in (``-9-4``)."""
+    values = {p["name"]: p["value"] for p in parts}
+    return [[part_task(p), p["expr"].replace(p["start"], str(values[p["start"]]), 1)] if p["deps"] else [p["expr"]]
+            for p in parts]
+
+
+def _tuple(values) -> str:
+    return "(" + ", ".join(str(v) for v in values) + ")"
 
 
 def _combine_lines(row: dict) -> list[str]:
+    """The combination's steps (a running signed sum; none for a tuple, whose answer lists the values)."""
+    if not row["signs"]:
+        return []
     acc, lines = row["parts"][0]["value"], []
     for s, p in zip(row["signs"][1:], row["parts"][1:], strict=True):
         new = acc + p["value"] if s == "+" else acc - p["value"]
@@ -142,18 +185,21 @@ def serial_solution(row: dict, spec: CompoundSpec) -> str:
         start_value = _value(row, p["start"]) if p["deps"] else int(p["start"])
         _, steps, value = chain(str(start_value), start_value, p["ops"], spec.recheck)
         lines += [f"{p['name']}:", *steps, f"{p['name']}={value}"]
-    return "\n".join(lines + _combine_lines(row)) + f"\n\\boxed{{{row['answer']}}}"
+    return "\n".join([*lines, *_combine_lines(row), f"\\boxed{{{row['answer']}}}"])
 
 
 def decomposed_turns(row: dict) -> tuple[str, str, str]:
-    """(first turn, observation, final turn) of the orchestrator's decomposed solution."""
+    """(first turn, observation, final turn) of the orchestrator's decomposed solution; with ``roles`` in the row,
+    each directive names its part's role (``[a@calc: 7-9-7]``) unless it is the default role."""
     spawns = []
-    for p in row["parts"]:
+    roles = row.get("roles") or [None] * len(row["parts"])
+    for p, role in zip(row["parts"], roles, strict=True):
         after = f" after {','.join(p['deps'])}" if p["deps"] else ""
-        spawns.append(f"[{p['name']}{after}: {part_task(p)}]")
+        at = f"@{role}" if role and role != row.get("default_role") else ""
+        spawns.append(f"[{p['name']}{at}{after}: {part_task(p)}]")
     first = "\n".join(spawns) + "\n" + WAIT
     obs = format_results([(p["name"], str(p["value"])) for p in row["parts"]], [])
-    final = "\n".join(_combine_lines(row)) + f"\n\\boxed{{{row['answer']}}}"
+    final = "\n".join([*_combine_lines(row), f"\\boxed{{{row['answer']}}}"])
     return first, obs, final
 
 

@@ -1,6 +1,6 @@
 """``longcot report RUN_DIR --sample ID``: one agent tree from a parallel-agent run, as text and as HTML.
 
-:class:`~longcot.rollout.agents.AgentEngine` writes ``RUN_DIR/agents/<tag>.jsonl`` (one tree per orchestrator
+:class:`~longcot.agents.driver.AgentEngine` writes ``RUN_DIR/agents/<tag>.jsonl`` (one tree per orchestrator
 sample, ``tag`` = ``stepN`` for RL step N, ``eval-NNN`` for evaluation calls). A sample id is
 ``<tag>/<prompt id><group tag>#<sample>``, e.g. ``step3/train-17@3#0``; the part after the tag is enough
 when it is unique. The tree shows who spawned whom, in which round and wave, each task, answer and token
@@ -13,6 +13,8 @@ import html
 import json
 import re
 from pathlib import Path
+
+from longcot.plots import plot_metric_grid, read_metrics
 
 
 def find_sample(run_dir: str | Path, sample_id: str) -> dict:
@@ -56,6 +58,20 @@ def _events(tree: dict) -> list[tuple[str, dict]]:
     return out
 
 
+def _spending(s: dict) -> str:
+    """Budget spent (and its limits) and sub-task fidelity, when the run measured them."""
+    out = [f"sub-agent tokens {s.get('subagent_tokens', '?')}"]
+    if b := s.get("budget"):
+        out.append(f"budget: {b['subagents']}/{b['max_subagents'] or 'inf'} sub-agents, "
+                   f"{b['tokens']}/{b['max_tokens'] or 'inf'} sub-agent tokens")
+    if s.get("roles"):
+        out.append("roles " + ", ".join(f"{r} x{n}" for r, n in s["roles"].items()))
+    if "faithful_subagents" in s:
+        parts = f" of {s['parts']} parts" if s.get("parts") else ""
+        out.append(f"faithful sub-tasks {s['faithful_subagents']}/{s['subagents']}{parts}")
+    return "; ".join(out)
+
+
 def _header(tree: dict) -> list[str]:
     s = tree["summary"]
     return [
@@ -64,8 +80,20 @@ def _header(tree: dict) -> list[str]:
         f"{s['subagents']} sub-agents ({s['finished_subagents']} finished), {s['rounds']} rounds, {s['turns']} turns; "
         f"critical steps {s['critical_steps']}; critical-path tokens {s['critical_path_tokens']} "
         f"(orchestrator {s['orchestrator_tokens']}); total tokens {s['total_tokens']}",
+        _spending(s),
         *([f"problems: {s['problems']}"] if s.get("problems") else []),
     ]
+
+
+def _mark(sub: dict) -> str:
+    """`` [part]`` / `` [not a part]`` after a sub-agent whose fidelity was judged."""
+    return {True: " [part]", False: " [not a part]"}.get(sub.get("faithful"), "")
+
+
+def _who(sub: dict) -> str:
+    role = f"@{sub['role']}" if sub.get("role") else ""
+    after = f" after {','.join(sub['deps'])}" if sub["deps"] else ""
+    return f"{sub['name']}{role}{after}"
 
 
 def render_text(tree: dict) -> str:
@@ -77,10 +105,9 @@ def render_text(tree: dict) -> str:
             label = {"gen": "turn", "obs": "observation", "scripted": "scripted turn"}[item["kind"]]
             lines.append(f"{branch} {label} (round {item['round']}, {item['tokens']} tok): {_short(item['text'])}")
         else:
-            after = f" after {','.join(item['deps'])}" if item["deps"] else ""
             votes = f" votes {item['votes']}" if len(item["votes"]) > 1 else ""
-            lines.append(f"{branch}   sub-agent {item['name']}{after} [round {item['round']}, wave {item['wave']}]"
-                         f" task {item['task']!r} -> {item['answer'] or '?'!r}{votes} "
+            lines.append(f"{branch}   sub-agent {_who(item)} [round {item['round']}, wave {item['wave']}]"
+                         f" task {item['task']!r}{_mark(item)} -> {item['answer'] or '?'!r}{votes} "
                          f"({item['tokens']} tok, {'/'.join(item['finish'])})")
             for resp in item["responses"][:1]:
                 lines.append(f"│       {_short(resp, 120)}")
@@ -102,9 +129,10 @@ def render_html(tree: dict) -> str:
                          f" {item['tokens']} tokens)</summary><pre>{e(item['text'])}</pre></details>")
         else:
             after = f" after {', '.join(item['deps'])}" if item["deps"] else ""
+            role = f"@{item['role']}" if item.get("role") else ""
             body = "".join(f"<pre>{e(r)}</pre>" for r in item["responses"])
-            parts.append(f"<details class='sub'><summary>sub-agent <b>{e(item['name'])}</b>{e(after)}: "
-                         f"<code>{e(item['task'])}</code> &rarr; <b>{e(item['answer'] or '?')}</b> "
+            parts.append(f"<details class='sub'><summary>sub-agent <b>{e(item['name'])}</b>{e(role)}{e(after)}: "
+                         f"<code>{e(item['task'])}</code>{e(_mark(item))} &rarr; <b>{e(item['answer'] or '?')}</b> "
                          f"(round {item['round']}, wave {item['wave']}, {item['tokens']} tokens)</summary>"
                          f"{body}</details>")
     return "\n".join(parts) + "\n"
@@ -121,14 +149,12 @@ def render_sample(run_dir: str | Path, sample_id: str) -> str:
 
 AGENT_CURVES = (("accuracy", "train accuracy"), ("agents/multi_agent_frac", "samples with >= 2 sub-agents"),
                 ("agents/critical_path_tokens_mean", "critical-path tokens"),
-                ("agents/subagents_mean", "sub-agents per sample"), ("agents/finish_rate", "sub-agent finish rate"),
-                ("rewards/parl/outcome", "r_outcome"), ("rewards/parl/parallel", "r_parallel"),
-                ("rewards/parl/l1", "l1 (annealed)"))
+                ("agents/subagents_mean", "sub-agents per sample"), ("agents/subtask_fidelity", "sub-task fidelity"),
+                ("agents/subagent_tokens_mean", "sub-agent tokens per sample"),
+                ("rewards/parl/parallel", "r_parallel (credited)"), ("rewards/parl/l1", "l1 (annealed)"))
 
 
 def plot_agent_curves(run_dir: str | Path, out_png: str | Path | None = None) -> Path | None:
     """Per-step PARL curves of a run (``metrics.jsonl``) into ``RUN/agents/curves.png``; None without rows."""
-    from longcot.report import plot_metric_grid, read_metrics
-
     out = Path(out_png) if out_png else Path(run_dir) / "agents" / "curves.png"
     return plot_metric_grid(read_metrics(Path(run_dir) / "metrics.jsonl"), AGENT_CURVES, out, ncols=4)

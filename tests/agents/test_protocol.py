@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from longcot.rollout.agents_protocol import (
+from longcot.agents.protocol import (
     Spawn,
     extract_answer,
     format_results,

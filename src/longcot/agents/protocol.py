@@ -2,7 +2,8 @@
 
 An orchestrator turn is ordinary text with bracketed directives::
 
-    [a: 7+5*2-3]                 spawn sub-agent ``a`` with the task ``7+5*2-3``
+    [a: 7+5*2-3]                 spawn sub-agent ``a`` with the task ``7+5*2-3`` (the default role)
+    [b@calc: 9*2-4]              spawn ``b`` in the role ``calc`` (``agents.subagents`` maps roles to policies)
     [c after a,b: {a}*3-{b}]     spawn ``c`` once ``a`` and ``b`` have answered; ``{a}`` becomes a's answer
     [wait]                       end the turn: run the spawned sub-agents, read their answers
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from longcot.rewards.math import last_boxed
@@ -22,19 +24,21 @@ from longcot.rewards.math import last_boxed
 WAIT = "[wait]"
 RESERVED = ("wait", "error")
 _NAME = r"[A-Za-z][A-Za-z0-9_]*"
-_HEADER = re.compile(rf"\[({_NAME})(?: after ({_NAME}(?: ?, ?{_NAME})*))?: ?")
+_HEADER = re.compile(rf"\[({_NAME})(?:@({_NAME}))?(?: after ({_NAME}(?: ?, ?{_NAME})*))?: ?")
 _PLACEHOLDER = re.compile(rf"\{{({_NAME})\}}")
 PROBLEM_KINDS = ("malformed", "unclosed", "reserved_name", "duplicate_name", "unknown_dependency", "over_cap",
-                 "round_cap", "task_too_long", "unwaited")
+                 "unknown_role", "over_budget", "round_cap", "task_too_long", "unwaited")
 
 
 @dataclass
 class Spawn:
-    """One ``[name after deps: task]`` directive; ``deps`` include every ``{name}`` used in the task."""
+    """One ``[name@role after deps: task]`` directive; ``deps`` include every ``{name}`` used in the task;
+    ``role`` is None when the directive names none (the driver then uses the default role)."""
 
     name: str
     task: str
     deps: list[str] = field(default_factory=list)
+    role: str | None = None
 
 
 @dataclass
@@ -61,8 +65,8 @@ def parse_turn(text: str) -> Turn:
     """Directives of one generated turn, in order, plus every malformed or unclosed one as a :class:`Problem`.
 
     A ``[`` always opens a directive: ``[wait]`` (ends the turn; text after it is ignored), a spawn header
-    ``[name: `` / ``[name after a,b: `` closed by the next ``]``, or else a malformed directive. A spawn whose
-    ``]`` is missing, or comes after another ``[``, is unclosed.
+    ``[name: `` / ``[name@role: `` / ``[name after a,b: `` closed by the next ``]``, or else a malformed
+    directive. A spawn whose ``]`` is missing, or comes after another ``[``, is unclosed.
     """
     spawns, problems = [], []
     pos, waited = 0, False
@@ -76,7 +80,8 @@ def parse_turn(text: str) -> Turn:
             end = text.find("]", i)
             end = len(text) if end == -1 or (nxt != -1 and nxt < end) else end + 1
             problems.append(Problem("malformed", f"malformed directive '{_snippet(text[i:end])}': expected "
-                                                 "'[NAME: TASK]', '[NAME after A,B: TASK]' or '[wait]'"))
+                                                 "'[NAME: TASK]', '[NAME@ROLE: TASK]', '[NAME after A,B: TASK]' "
+                                                 "or '[wait]'"))
             pos = end
             continue
         close = text.find("]", m.end())
@@ -90,17 +95,20 @@ def parse_turn(text: str) -> Turn:
         if not task:
             problems.append(Problem("malformed", f"directive '[{name}: ]' has an empty task"))
             continue
-        deps = [d.strip() for d in (m.group(2) or "").split(",") if d.strip()]
+        deps = [d.strip() for d in (m.group(3) or "").split(",") if d.strip()]
         deps += [d for d in _PLACEHOLDER.findall(task) if d not in deps]
-        spawns.append(Spawn(name, task, deps))
+        spawns.append(Spawn(name, task, deps, m.group(2)))
     return Turn(spawns, problems, waited)
 
 
-def validate(spawns: list[Spawn], known: set[str], cap: int) -> tuple[list[Spawn], list[Problem]]:
+def validate(spawns: list[Spawn], known: set[str], cap: int,
+             admit: Callable[[Spawn], Problem | None] | None = None) -> tuple[list[Spawn], list[Problem]]:
     """Spawns that may run this round, and a :class:`Problem` for each that may not.
 
     ``known`` holds the names of sub-agents from earlier rounds. A dependency must name an earlier sub-agent
     (earlier round, or earlier in this turn and accepted), which also rules out cycles. At most ``cap`` run.
+    ``admit`` is asked last about each spawn that passed these checks (its role, the task's budget) and may
+    refuse it with a Problem; a refused spawn is unknown to the spawns after it, like any rejected one.
     """
     accepted: list[Spawn] = []
     problems: list[Problem] = []
@@ -116,6 +124,8 @@ def validate(spawns: list[Spawn], known: set[str], cap: int) -> tuple[list[Spawn
                                     f"{', '.join(missing)}; it was not run"))
         elif len(accepted) >= cap:
             problems.append(Problem("over_cap", f"at most {cap} sub-agents per round; '{s.name}' was not run"))
+        elif admit is not None and (refused := admit(s)) is not None:
+            problems.append(refused)
         else:
             accepted.append(s)
             seen.add(s.name)

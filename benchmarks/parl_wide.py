@@ -1,0 +1,75 @@
+"""The wide-task comparison table (docs/agents.md, "The wide task"): held-out numbers of finished runs side by side.
+
+    python benchmarks/parl_wide.py --out benchmarks/results/parl_wide.json RUN_DIR [RUN_DIR ...]
+
+For each run directory (``longcot train recipes/tiny/parl-wide*.yaml``) it reads ``summary.json`` (the evaluations
+after SFT and after RL) and, for agent runs, the traces of the last evaluation (``agents/eval-*.jsonl``), and
+reports per evaluation: accuracy, the latency measure (agent runs: critical-path tokens; serial runs: response
+tokens, which are their critical path), sub-task fidelity and part coverage, sub-agent tokens per sample and per
+solved problem, the roles used, and the RL budget (steps x prompts x samples) the run spent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import Counter
+from pathlib import Path
+
+import yaml
+
+
+def _eval_traces(run: Path) -> list[dict]:
+    """The agent trees of the run's last evaluation call (the held-out eval after RL)."""
+    files = sorted((run / "agents").glob("eval-*.jsonl"))
+    return [json.loads(line) for line in files[-1].read_text().splitlines()] if files else []
+
+
+def _row(ev: dict, agents: bool) -> dict:
+    acc = ev["accuracy"]
+    row = {"accuracy": round(acc, 4), "n": ev["n"]}
+    if agents:
+        sub_tokens = ev.get("agents/subagent_tokens_mean")
+        row |= {"critical_path_tokens": round(ev["agents/critical_path_tokens_mean"], 1),
+                "subagents_per_sample": round(ev["agents/subagents_mean"], 2),
+                "subtask_fidelity": ev.get("agents/subtask_fidelity"), "part_coverage": ev.get("agents/part_coverage"),
+                "subagent_tokens_per_sample": None if sub_tokens is None else round(sub_tokens, 1),
+                "subagent_tokens_per_solved": None if sub_tokens is None or not acc else round(sub_tokens / acc, 1),
+                "roles": {k.rsplit("/", 1)[1]: round(v, 3) for k, v in ev.items() if k.startswith("agents/role_frac/")}}
+    else:
+        row["critical_path_tokens"] = round(ev["response_len_mean"], 1)  # one agent: its response is the path
+    return row
+
+
+def summarize(run: Path) -> dict:
+    summary = json.loads((run / "summary.json").read_text())
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    agents = bool(cfg["agents"]["enabled"])
+    rl = cfg["rl"]
+    out = {"run": str(run), "seed": cfg["seed"], "agents": agents,
+           "rl_samples": rl["steps"] * rl["prompts_per_step"] * cfg["rollout"]["n"] if rl["enabled"] else 0,
+           "eval": {stage: _row(ev, agents) for stage, ev in summary.get("eval", {}).items()}}
+    traces = _eval_traces(run) if agents else []
+    if traces:  # the last eval's samples: how many decomposed, and the roles they used
+        out["last_eval_samples"] = {"decomposed_frac": sum(t["summary"]["subagents"] > 0 for t in traces) / len(traces),
+                                    "roles": dict(Counter(s.get("role", "?") for t in traces for s in t["subagents"]))}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("runs", nargs="+")
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args(argv)
+    rows = [summarize(Path(r)) for r in args.runs]
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"runs": rows}, indent=2) + "\n")
+    for r in rows:
+        after = r["eval"].get("after_rl", {})
+        print(f"{r['run']}: seed {r['seed']} agents {r['agents']} rl_samples {r['rl_samples']} after RL {after}")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

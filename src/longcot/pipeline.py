@@ -22,9 +22,9 @@ from longcot.eval.evaluate import evaluate
 from longcot.eval.grading import make_grader
 from longcot.policies.build import build_tiny_moe
 from longcot.policies.load import load_policy, load_tokenizer
-from longcot.rollout import agents, build_engine
 from longcot.rollout.base import SamplingConfig
 from longcot.run import RunDir
+from longcot.runtime import make_runtime, rl_engine  # noqa: F401 - rl_engine: kept importable from here
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +92,6 @@ def make_prompt_source(recipe: Recipe, task: Task, tokenizer):
 
 def train(recipe: Recipe) -> dict:
     """Run a recipe end to end; returns the summary (also written to ``summary.json``)."""
-    from longcot.rl.trainer import RLTrainer
-
     if recipe.threads:
         torch.set_num_threads(recipe.threads)
     seed_everything(recipe.seed)
@@ -111,23 +109,22 @@ def train(recipe: Recipe) -> dict:
         policy_path = run_sft_stage(recipe, model, tokenizer, task, run)
     max_len = max(recipe.rollout.max_model_len, longest_prompt(task, tokenizer)
                   + max(recipe.rollout.max_tokens, recipe.eval.max_tokens))
-    engine = build_engine(recipe.rollout.engine, policy_path, tokenizer, max_model_len=max_len, seed=recipe.seed,
-                          **recipe.rollout.engine_options)
-    engine = agents.wrap_engine(engine, recipe, tokenizer, run.root / "agents", policy_path)  # as is unless enabled
+    # local: the engine in this process; ray: rollout workers (and, for RL, a trainer) as Ray actors (docs/cluster.md)
+    runtime = make_runtime(recipe, run.root, policy_path, tokenizer, max_len)
+    engine = runtime.engine
     try:
         after_sft = heldout_eval(engine, tokenizer, task, recipe, run.root / "eval" / "after_sft")
         run.update_summary(eval={"after_sft": after_sft})
         log.info("held-out accuracy after SFT: %.3f", after_sft["accuracy"])
         if recipe.rl.enabled and recipe.rl.steps > 0:
             next_prompts, on_results = make_prompt_source(recipe, task, tokenizer)
-            trainer = RLTrainer(model, tokenizer, rl_engine(engine, recipe), recipe, next_prompts, on_results)
+            trainer = runtime.rl_trainer(model, next_prompts, on_results)
             rl_loop(trainer, recipe, run, task, tokenizer)
             after_rl = heldout_eval(engine, tokenizer, task, recipe, run.root / "eval" / "after_rl")
             run.update_summary(eval={"after_rl": after_rl})
             log.info("held-out accuracy after RL: %.3f", after_rl["accuracy"])
     finally:
-        if hasattr(engine, "shutdown"):
-            engine.shutdown()
+        runtime.shutdown()
     from longcot.report import plot_curves
 
     plot_curves(run.metrics_path, run.root / "curves.png")
@@ -142,15 +139,6 @@ def longest_prompt(task: Task, tokenizer) -> int:
     """Tokens of the longest prompt, training and held-out rows alike: the engine's context must fit any prompt
     the sampler may draw, not only the ones evaluated."""
     return max(len(task.prompt(r, tokenizer).prompt_ids) for r in [*task.train, *task.heldout])
-
-
-def rl_engine(engine, recipe: Recipe):
-    """The engine the RL loop samples from: wrapped for partial rollouts / loop cutting when the recipe asks."""
-    if not (recipe.partial.enabled or recipe.partial.repetition.enabled):
-        return engine
-    from longcot.rollout.partial import PartialRollouts
-
-    return PartialRollouts(engine, recipe.partial)
 
 
 def rl_loop(trainer, recipe: Recipe, run: RunDir, task: Task, tokenizer) -> None:

@@ -144,13 +144,21 @@ class Learner:
         return sums
 
     def _precompute(self, chunks: list[TokenBatch], timer: StepTimer) -> None:
-        """pi_old (several updates per batch) and reference log-probs (KL in the loss), once, before any update."""
+        """pi_old (the engine's log-probs with ``rl.old_logprobs=engine``, else recomputed when there are several
+        updates per batch) and reference log-probs (KL in the loss), once, before any update."""
         kl_in_loss = self.ref_model is not None and self.rl.kl_in == "loss"
-        if self.rl.updates_per_step == 1 and not kl_in_loss:
+        if self.rl.old_logprobs == "engine":
+            for c in chunks:
+                if c.rollout_logprobs is None:
+                    raise ValueError("rl.old_logprobs=engine but the batch has no engine log-probs (the engine must "
+                                     "return them on every step: SamplingConfig.logprobs)")
+                c.old_logprobs = c.rollout_logprobs
+        recompute_old = self.rl.updates_per_step > 1 and self.rl.old_logprobs == "trainer"
+        if not recompute_old and not kl_in_loss:
             return
         with timer.phase("logprob_recompute"), torch.no_grad():
             for c in chunks:
-                if self.rl.updates_per_step > 1:
+                if recompute_old:
                     c.old_logprobs = response_logprobs(self.model, c)[0]
                 if kl_in_loss:
                     c.ref_logprobs = response_logprobs(self.ref_model, c)[0]

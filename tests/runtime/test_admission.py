@@ -122,3 +122,12 @@ def test_off_policy_without_a_correction_is_refused():
         load_recipe(None, ["cluster.backend=slurm"])
     with pytest.raises(ConfigError, match="rollout_workers"):
         load_recipe(None, ["cluster.rollout_workers=0"])
+
+
+def test_engine_metrics_of_several_deliveries_sum_counts_and_weight_means():
+    from longcot.runtime.async_loop import merge_engine_metrics
+
+    merged = merge_engine_metrics([({"partial/returned": 8.0, "partial/segments_per_traj": 2.0}, 8),
+                                   ({"partial/returned": 0.0, "partial/segments_per_traj": 0.0}, 0),
+                                   ({"partial/returned": 4.0, "partial/segments_per_traj": 3.5}, 4)])
+    assert merged == {"partial/returned": 12.0, "partial/segments_per_traj": 2.5}

@@ -47,6 +47,24 @@ log = logging.getLogger(__name__)
 SYNC_CHECK_SAMPLES = 4
 
 
+# Engine-wrapper metrics that count things per call (partial/*, agents/problems/*): summed over a step's
+# deliveries; every other one (means, fractions, gauges) is averaged weighted by the samples each call returned.
+_COUNTS = ("generated_tokens", "tokens_wasted", "repeat_cut", "dropped_groups", "restarted", "continued",
+           "generate_calls", "returned", "subagent_engine_calls")
+
+
+def merge_engine_metrics(deliveries: list[tuple[dict[str, float], int]]) -> dict[str, float]:
+    """One row's ``partial/*`` and ``agents/*`` from the wrappers' ``last_metrics`` of several deliveries."""
+    out: dict[str, float] = {}
+    for key in sorted({k for m, _ in deliveries for k in m}):
+        have = [(m[key], n) for m, n in deliveries if key in m]
+        if key.rsplit("/", 1)[-1] in _COUNTS or key.startswith("agents/problems/"):
+            out[key] = float(sum(v for v, _ in have))
+        elif sum(n for _, n in have) > 0:
+            out[key] = sum(v * n for v, n in have) / sum(n for _, n in have)
+    return out
+
+
 def _add(timer: StepTimer, phase: str, seconds: float) -> None:
     """Charge ``seconds`` to ``phase`` (for phases measured by hand, interleaved in one wait)."""
     timer.parts[phase] = timer.parts.get(phase, 0.0) + max(seconds, 0.0)
@@ -198,7 +216,7 @@ class AsyncRL:
             if key.startswith("reward_errors/"):
                 self.step_stats[key] = self.step_stats.get(key, 0.0) + value
         self.buffer.extend(split_units(item.trajs, item.version, item.worker))
-        self.engine_metrics.append(item.engine_metrics)
+        self.engine_metrics.append((item.engine_metrics, len(item.trajs)))
         dropped = int(item.engine_metrics.get("partial/dropped_groups", 0))
         if dropped:
             self.prompts.consumed(dropped)
@@ -212,7 +230,7 @@ class AsyncRL:
     # ---- metrics -------------------------------------------------------------------------------------------------
     def _reset_step_stats(self) -> None:
         self.step_stats: dict[str, float] = {}
-        self.engine_metrics: list[dict[str, float]] = []
+        self.engine_metrics: list[tuple[dict[str, float], int]] = []
         self.reward_s = 0.0
 
     def _step_metrics(self, adm: Admission, trajs: list[Trajectory], version: int) -> dict:
@@ -220,10 +238,7 @@ class AsyncRL:
         scored = [t for u in adm.units + adm.uninformative for t in u.trajs]
         out.update(reward_means(scored))
         out.update(rollout_metrics(trajs, self.recipe))
-        keys = {k for m in self.engine_metrics for k in m}
-        for key in sorted(keys):  # engine wrappers' own (partial/*, agents/*): mean over this step's deliveries
-            vals = [m[key] for m in self.engine_metrics if key in m]
-            out[key] = sum(vals) / len(vals)
+        out.update(merge_engine_metrics(self.engine_metrics))
         out.update(staleness_metrics(adm.units, version))
         self.totals["dropped_samples"] += adm.dropped_samples
         out["async/batch_samples"] = float(len(trajs))

@@ -180,8 +180,8 @@ class TrainerGroup:
         self.call("load_state_dict", state)
         self.publish()
 
-    def save_pretrained(self, path: str | Path) -> None:
-        """HF-format weights of the trainer's current version + tokenizer, written by the driver."""
+    def pull_weights(self) -> torch.nn.Module:
+        """Load the trainer's current weights into the driver's copy of the policy (and return it)."""
         import ray
 
         if self.published is not None and self.published.ref is not None and self.published.version == self.version:
@@ -192,5 +192,9 @@ class TrainerGroup:
         with torch.no_grad():
             for name, param in self.model.named_parameters():
                 param.copy_(state[clean_name(name)])
-        self.model.save_pretrained(path)
+        return self.model
+
+    def save_pretrained(self, path: str | Path) -> None:
+        """HF-format weights of the trainer's current version + tokenizer, written by the driver."""
+        self.pull_weights().save_pretrained(path)
         self.tokenizer.save_pretrained(path)

@@ -30,10 +30,13 @@ log = logging.getLogger(__name__)
 
 
 def actor_env(threads: int) -> dict[str, str]:
-    """Environment of every actor: in-process vLLM on CPU, quiet logs, the actor's own thread count."""
+    """Environment of every actor: in-process vLLM on CPU, quiet logs, the actor's own thread count, and the
+    driver's CPU priority (Ray starts worker processes 15 nice levels below their raylet unless
+    ``RAY_worker_niceness`` says otherwise: on a shared machine that starves the run's own rollouts and updates)."""
     import os
 
     env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false",
+           "RAY_worker_niceness": "0",
            "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING"), "TQDM_DISABLE": "1",
            "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
     for key in ("HF_HUB_OFFLINE", "HF_HOME", "RAY_AUTH_MODE"):

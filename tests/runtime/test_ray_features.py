@@ -25,7 +25,7 @@ if "test_coin_on_odd" not in REWARDS:
     @reward("test_coin_on_odd")
     def coin_on_odd(sample) -> float:
         """Even prompts: always 1 (an uninformative group); odd prompts: a coin flip per sample."""
-        if int(sample.prompt_id) % 2 == 0:
+        if int(sample.prompt_id.rsplit("-", 1)[-1]) % 2 == 0:  # arith ids: "train-<row>"
             return 1.0
         return float(random.Random(f"{sample.group_id}-{sample.response_ids}").random() < 0.5)
 
@@ -77,8 +77,8 @@ def test_agent_rollouts_on_the_workers(tmp_path):
 
 
 def test_hf_engine_workers(tmp_path):
-    _, got = run(tmp_path, "arith-moe.yaml", ["rl.steps=2", "data.num_train=200", "rollout.engine=hf",
+    _, got = run(tmp_path, "arith-moe.yaml", ["rl.steps=3", "data.num_train=200", "rollout.engine=hf",
                                               "rollout.max_tokens=16", "eval.max_tokens=16", "rl.entropy_coef=0.01"])
-    assert [r["step"] for r in got] == [0, 1] and all(r["async/batch_samples"] == 16 for r in got)
+    assert [r["step"] for r in got] == [0, 1, 2] and all(r["async/batch_samples"] == 16 for r in got)
     checks = [r["sync_check/gap_max"] for r in got if "sync_check/gap_max" in r]
     assert checks and max(checks) < 1e-4  # the HF worker's copy follows the trainer too

@@ -32,6 +32,7 @@ class Unit:
     version: int  # newest policy version that produced its tokens
     oldest: int  # oldest policy version among its tokens (partial rollouts: earlier segments)
     worker: int = -1
+    delivery: tuple[dict[str, float], int] | None = None  # the engine-wrapper metrics of the call that made it
 
     @property
     def main(self) -> list[Trajectory]:

@@ -53,14 +53,19 @@ _COUNTS = ("generated_tokens", "tokens_wasted", "repeat_cut", "dropped_groups", 
            "generate_calls", "returned", "subagent_engine_calls")
 
 
-def merge_engine_metrics(deliveries: list[tuple[dict[str, float], int]]) -> dict[str, float]:
-    """One row's ``partial/*`` and ``agents/*`` from the wrappers' ``last_metrics`` of several deliveries."""
+def merge_engine_metrics(deliveries: list[tuple[dict[str, float], int]],
+                         trained: list[tuple[dict[str, float], int]] | None = None) -> dict[str, float]:
+    """One row's ``partial/*`` and ``agents/*`` from the wrappers' ``last_metrics``: counts summed over
+    ``deliveries`` (every call since the previous row), the other metrics averaged over ``trained`` (the calls
+    that delivered this step's batch; default: the same list), weighted by the samples each returned."""
+    trained = deliveries if trained is None else trained
     out: dict[str, float] = {}
-    for key in sorted({k for m, _ in deliveries for k in m}):
-        have = [(m[key], n) for m, n in deliveries if key in m]
+    for key in sorted({k for m, _ in deliveries + trained for k in m}):
         if key.rsplit("/", 1)[-1] in _COUNTS or key.startswith("agents/problems/"):
-            out[key] = float(sum(v for v, _ in have))
-        elif sum(n for _, n in have) > 0:
+            out[key] = float(sum(m[key] for m, _ in deliveries if key in m))
+            continue
+        have = [(m[key], n) for m, n in trained if key in m]
+        if sum(n for _, n in have) > 0:
             out[key] = sum(v * n for v, n in have) / sum(n for _, n in have)
     return out
 
@@ -215,8 +220,11 @@ class AsyncRL:
         for key, value in counters.items():
             if key.startswith("reward_errors/"):
                 self.step_stats[key] = self.step_stats.get(key, 0.0) + value
-        self.buffer.extend(split_units(item.trajs, item.version, item.worker))
-        self.engine_metrics.append((item.engine_metrics, len(item.trajs)))
+        delivery = (item.engine_metrics, len(item.trajs))
+        self.engine_metrics.append(delivery)
+        for unit in split_units(item.trajs, item.version, item.worker):
+            unit.delivery = delivery
+            self.buffer.append(unit)
         dropped = int(item.engine_metrics.get("partial/dropped_groups", 0))
         if dropped:
             self.prompts.consumed(dropped)
@@ -238,7 +246,8 @@ class AsyncRL:
         scored = [t for u in adm.units + adm.uninformative for t in u.trajs]
         out.update(reward_means(scored))
         out.update(rollout_metrics(trajs, self.recipe))
-        out.update(merge_engine_metrics(self.engine_metrics))
+        calls = {id(u.delivery): u.delivery for u in adm.units + adm.uninformative if u.delivery is not None}
+        out.update(merge_engine_metrics(self.engine_metrics, list(calls.values())))
         out.update(staleness_metrics(adm.units, version))
         self.totals["dropped_samples"] += adm.dropped_samples
         out["async/batch_samples"] = float(len(trajs))

@@ -39,21 +39,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--steps", type=int, default=150, help="RL steps per arm (the demo's 150)")
     ap.add_argument("--block", type=int, default=10, help="steps of one arm before switching")
+    ap.add_argument("--arms", nargs="+", default=["local", "ray"], choices=["local", "ray", "local1"],
+                    help="local1: the synchronous loop with 1 thread (how 2 threads fare on a busy host)")
     ap.add_argument("--cache", default=str(ROOT / "runs/bench-async"), help="SFT checkpoints, evals")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/async_rollouts.json"))
     ap.add_argument("overrides", nargs="*", help="recipe key=value overrides (both arms)")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    if {"local", "local1"} <= set(args.arms):
+        ap.error("one local arm per run (each holds an in-process vLLM engine): --arms local ray or --arms local1 ray")
+    return args
 
 
-def arm_recipes(seed: int, cache: Path, overrides: list[str]):
+ARMS = {
+    "local": ["threads=2", "cluster.backend=local"],
+    "local1": ["threads=1", "cluster.backend=local"],
+    "ray": ["threads=1", "cluster.backend=ray", "cluster.rollout_workers=1", "cluster.worker_cpus=1",
+            "cluster.trainer_cpus=1", "rl.max_off_policy_steps=1", "rl.tis_cap=2.0"],
+}
+
+
+def arm_recipe(name: str, seed: int, cache: Path, overrides: list[str]):
     from longcot.config import load_recipe
 
-    common = [f"seed={seed}", f"out_dir={cache}", f"name=seed{seed}", "eval.every=0", *overrides]
-    local = load_recipe(RECIPE, [*common, "threads=2", "cluster.backend=local"])
-    ray = load_recipe(RECIPE, [*common, "threads=1", "cluster.backend=ray", "cluster.rollout_workers=1",
-                               "cluster.worker_cpus=1", "cluster.trainer_cpus=1", "rl.max_off_policy_steps=1",
-                               "rl.tis_cap=2.0"])
-    return local, ray
+    return load_recipe(RECIPE, [f"seed={seed}", f"out_dir={cache}", f"name=seed{seed}", "eval.every=0", *overrides,
+                                *ARMS[name]])
 
 
 class Arm:
@@ -115,18 +124,21 @@ def run_seed(args, seed: int, load: list) -> dict:
     from longcot.policies.load import load_tokenizer
 
     cache = Path(args.cache) / f"seed{seed}"
-    local_r, ray_r = arm_recipes(seed, cache, args.overrides)
-    sft_path = prepare_policy(local_r, cache)
+    recipes = {name: arm_recipe(name, seed, cache, args.overrides) for name in args.arms}
+    sft_path = prepare_policy(arm_recipe("local", seed, cache, args.overrides), cache)
     seed_everything(seed)
     tok = load_tokenizer(sft_path)
-    task = build_task(local_r.data)
-    arms = {"local": Arm("local", local_r, sft_path, tok, task, cache),
-            "ray": Arm("ray", ray_r, sft_path, tok, task, cache)}
-    arms["ray"].loop.prompts.pause()  # nothing runs before its first block (producers start at its first step)
+    task = build_task(recipes[args.arms[0]].data)
+    arms = {name: Arm(name, r, sft_path, tok, task, cache) for name, r in recipes.items()}
+    if "ray" in arms:
+        arms["ray"].loop.prompts.pause()  # nothing runs before its first block (producers start at its first step)
     try:
+        first = arms[args.arms[0]]
+        after_sft = heldout_eval(first.runtime.engine, tok, task, first.recipe,
+                                 cache / "eval" / "after_sft")["accuracy"]
         rounds = args.steps // args.block
         for r in range(rounds):
-            for name in (["local", "ray"] if r % 2 == 0 else ["ray", "local"]):
+            for name in (args.arms if r % 2 == 0 else args.arms[::-1]):
                 s = arms[name].block(args.block)
                 load.append({"seed": seed, "round": r, "arm": name, "block_s": round(s, 2),
                              "loadavg_1m": os.getloadavg()[0]})
@@ -138,8 +150,11 @@ def run_seed(args, seed: int, load: list) -> dict:
             out[name]["heldout_accuracy"] = ev["accuracy"]
             (cache / name).mkdir(parents=True, exist_ok=True)
             (cache / name / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in a.rows))
-        out["ratio_steps_per_s"] = out["ray"]["steps_per_s"] / out["local"]["steps_per_s"]
-        out["accuracy_gap_points"] = 100 * (out["ray"]["heldout_accuracy"] - out["local"]["heldout_accuracy"])
+        out["heldout_accuracy_sft"] = after_sft
+        local = next((n for n in ("local", "local1") if n in out), None)
+        if "ray" in out and local:
+            out["ratio_steps_per_s"] = out["ray"]["steps_per_s"] / out[local]["steps_per_s"]
+            out["accuracy_gap_points"] = 100 * (out["ray"]["heldout_accuracy"] - out[local]["heldout_accuracy"])
         return out
     finally:
         for a in arms.values():
@@ -156,11 +171,10 @@ def main(argv: list[str] | None = None) -> int:
     for seed in args.seeds:
         seeds[str(seed)] = run_seed(args, seed, load)
         print(table(seeds), flush=True)
-    result = {"seeds": seeds, "ratio_steps_per_s": {s: r["ratio_steps_per_s"] for s, r in seeds.items()},
-              "accuracy_gap_points": {s: r["accuracy_gap_points"] for s, r in seeds.items()},
+    result = {"seeds": seeds, "ratio_steps_per_s": {s: r.get("ratio_steps_per_s") for s, r in seeds.items()},
+              "accuracy_gap_points": {s: r.get("accuracy_gap_points") for s, r in seeds.items()},
               "load": load, "settings": {"steps": args.steps, "block": args.block, "overrides": args.overrides,
-                                         "local": "threads=2", "ray": "1 worker (1 CPU) + trainer (1 CPU), "
-                                         "max_off_policy_steps=1, tis_cap=2.0", "cpus": os.cpu_count()},
+                                         "arms": {name: ARMS[name] for name in args.arms}, "cpus": os.cpu_count()},
               "command": "python benchmarks/async_rollouts.py " + " ".join(sys.argv[1:])}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
@@ -168,14 +182,19 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def table(seeds: dict) -> str:
-    lines = ["| seed | local steps/s | ray steps/s | ratio | held-out local / ray | worker busy | trainer busy |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = ["| seed | arm | steps/s | held-out after SFT -> after RL | worker busy | trainer busy |",
+             "| --- | --- | ---: | ---: | ---: | ---: |"]
     for s, r in seeds.items():
-        am = r["ray"].get("async_means", {})
-        lines.append(f"| {s} | {r['local']['steps_per_s']:.3f} | {r['ray']['steps_per_s']:.3f} | "
-                     f"{r['ratio_steps_per_s']:.2f} | {r['local']['heldout_accuracy']:.3f} / "
-                     f"{r['ray']['heldout_accuracy']:.3f} | {am.get('async/busy/worker0', 0):.2f} | "
-                     f"{am.get('async/busy/trainer', 0):.2f} |")
+        for name, a in r.items():
+            if not isinstance(a, dict) or "steps_per_s" not in a:
+                continue
+            am = a.get("async_means", {})
+            busy = (f"{am['async/busy/worker0']:.2f} | {am['async/busy/trainer']:.2f}" if am else "- | -")
+            lines.append(f"| {s} | {name} | {a['steps_per_s']:.3f} | {r['heldout_accuracy_sft']:.3f} -> "
+                         f"{a['heldout_accuracy']:.3f} | {busy} |")
+        if "ratio_steps_per_s" in r:
+            lines.append(f"| {s} | ray / local | {r['ratio_steps_per_s']:.2f}x | "
+                         f"{r['accuracy_gap_points']:+.1f} points | | |")
     return "\n".join(lines)
 
 

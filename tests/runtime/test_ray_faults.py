@@ -89,3 +89,12 @@ def test_sigkilled_worker_is_restarted_and_no_batch_is_short(runtime):
     assert rows[-1]["async/worker_restarts_total"] >= 1 and rows[-1]["async/requeued_chunks_total"] >= 1
     assert all(r["async/staleness_max"] <= 1 for r in rows)
     assert ray.get(worker.handle.ready.remote())["pid"] != pid
+
+
+def test_a_dead_trainer_stops_the_run_with_a_clear_message(runtime):
+    from longcot.runtime.learner_actor import TrainerDiedError
+
+    rt, loop, _ = runtime
+    ray.kill(loop.learner.lead, no_restart=True)
+    with pytest.raises(TrainerDiedError, match="trainer actor died.*--resume"):
+        loop.step(5)

@@ -209,5 +209,7 @@ class Producer(threading.Thread):
             self.pinned = -1
             self.worker.wait_alive(self.stop_event)
             return
+        for t in trajs:  # the worker tags what it generates; records built in the driver (partial, agents) too
+            t.meta.setdefault("worker", self.worker.index)
         metrics = dict(getattr(self.stack, "last_metrics", {}) or {})
         self.out.put(Delivery(trajs, self.worker.index, self.worker.version, time.perf_counter() - t0, metrics))

@@ -70,10 +70,16 @@ class ProcessWatch:
             time.sleep(0.5)
 
 
-def start_train(out_dir: Path, name: str, extra: list[str]) -> subprocess.Popen:
+def start_train(out_dir: Path, name: str, extra: list[str], home: Path | None = None) -> subprocess.Popen:
+    """``longcot train`` of the tiny Ray-mode recipe in a subprocess (``home``: its $HOME)."""
     cmd = [sys.executable, "-m", "longcot.cli", "train", str(RECIPE), f"out_dir={out_dir}", f"name={name}",
            *RAY_ARGS, *extra]
-    return subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    environ = env()
+    if home is not None:
+        environ["HOME"] = str(home)
+        for key in ("RAY_AUTH_MODE", "VLLM_CACHE_ROOT", "MPLCONFIGDIR", "XDG_CACHE_HOME", "XDG_CONFIG_HOME"):
+            environ.pop(key, None)  # the run's own defaults must keep it out of $HOME
+    return subprocess.Popen(cmd, env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def watch(proc: subprocess.Popen, until=lambda: False, timeout_s: float = 600.0) -> ProcessWatch:

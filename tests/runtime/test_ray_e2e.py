@@ -1,8 +1,9 @@
 """``longcot train`` in Ray mode, end to end in a subprocess (its own Ray instance): staleness stays within
 ``rl.max_off_policy_steps``, every batch is complete, the workers hold the trainer's weights, and no process the run
-started outlives it, also when it is interrupted with Ctrl-C."""
+started outlives it, also when it is interrupted with Ctrl-C, and nothing is written under $HOME."""
 
 import json
+import os
 import signal
 
 import pytest
@@ -12,7 +13,9 @@ pytestmark = pytest.mark.slow
 
 
 def test_ray_run_stays_within_k_and_leaves_no_process(tmp_path):
-    proc = start_train(tmp_path, "ray", ["rl.steps=4"])
+    home = tmp_path / "home"
+    home.mkdir()
+    proc = start_train(tmp_path, "ray", ["rl.steps=4"], home=home)
     w = watch(proc)
     out = proc.communicate(timeout=60)[0]
     assert proc.returncode == 0, out[-3000:]
@@ -34,7 +37,8 @@ def test_ray_run_stays_within_k_and_leaves_no_process(tmp_path):
     assert len(cluster["workers"]) == 1 and cluster["trainer"]["pid"] != cluster["workers"][0]["pid"]
     assert len(w.seen) >= 4, w.seen  # GCS, raylet, a worker, the trainer... were watched
     assert w.survivors() == []
-    assert not __import__("os").path.exists(cluster["session_dir"])  # Ray's session files are removed too
+    assert not os.path.exists(cluster["session_dir"])  # Ray's session files are removed too
+    assert list(home.rglob("*")) == []  # nothing under $HOME: no Ray auth token, no caches
 
 
 def test_ctrl_c_during_rl_stops_every_ray_process(tmp_path):

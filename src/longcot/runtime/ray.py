@@ -39,7 +39,7 @@ def actor_env(threads: int) -> dict[str, str]:
            "RAY_worker_niceness": "0",
            "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING"), "TQDM_DISABLE": "1",
            "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
-    for key in ("HF_HUB_OFFLINE", "HF_HOME", "RAY_AUTH_MODE"):
+    for key in ("HF_HUB_OFFLINE", "HF_HOME", "RAY_AUTH_MODE", "VLLM_CACHE_ROOT", "VLLM_NO_USAGE_STATS", "MPLCONFIGDIR"):
         if key in os.environ:
             env[key] = os.environ[key]
     return env

@@ -6,9 +6,10 @@
 - ``auto`` or ``host:port``: join a running cluster (``ray start --head`` / ``ray start --address=...``); the run
   checks that the cluster has the resources its actors ask for before creating any, and on leaving kills only
   the actors it created.
-- Nothing is written under $HOME: Ray 2.60 writes an auth token there unless ``RAY_AUTH_MODE=disabled``, which is
-  set unless the environment says otherwise (a cluster started with token auth needs the user's own setting);
-  usage statistics are off (``RAY_USAGE_STATS_ENABLED=0``).
+- Nothing is written under $HOME (:func:`keep_out_of_home`): Ray 2.60 writes an auth token there unless
+  ``RAY_AUTH_MODE=disabled``, which is set unless the environment says otherwise (a cluster started with token auth
+  needs the user's own setting); usage statistics are off; vLLM's and matplotlib's caches go to
+  ``/tmp/longcot-cache-<uid>``.
 - The end: :meth:`RaySession.close` runs from the pipeline's ``finally`` (errors, Ctrl-C, SIGTERM: ``ray.init``
   installs a SIGTERM handler that raises ``SystemExit``; a handler the process had installed before, e.g. for
   preemption, is put back) and from ``atexit``, and stops every process the local instance started
@@ -25,12 +26,24 @@ import shutil
 import signal
 import tempfile
 import threading
+from pathlib import Path
 from typing import Any
 
 from longcot.config.schema import ClusterConfig
 
 log = logging.getLogger(__name__)
 READY_TIMEOUT_S = 900.0  # a vLLM worker starts in ~12 s on an idle CPU; minutes on a loaded one
+
+
+def keep_out_of_home() -> None:
+    """Environment defaults so that a Ray-mode run writes nothing under $HOME: Ray's auth token and usage stats
+    off, vLLM's and matplotlib's caches (model info, compile cache; font list) in a per-user directory in /tmp
+    that later runs reuse. A value the user set wins. Actors inherit these (``runtime/ray.py``)."""
+    cache = Path(tempfile.gettempdir()) / f"longcot-cache-{os.getuid()}"
+    for key, value in (("RAY_AUTH_MODE", "disabled"), ("RAY_USAGE_STATS_ENABLED", "0"),
+                       ("VLLM_NO_USAGE_STATS", "1"), ("VLLM_CACHE_ROOT", str(cache / "vllm")),
+                       ("MPLCONFIGDIR", str(cache / "matplotlib"))):
+        os.environ.setdefault(key, value)
 
 
 def requested_resources(cfg: ClusterConfig) -> dict[str, float]:
@@ -48,8 +61,7 @@ class RaySession:
     """This run's connection to Ray (see the module doc). ``owned``: the run started the instance itself."""
 
     def __init__(self, cfg: ClusterConfig) -> None:
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        keep_out_of_home()
         import ray
 
         self.cfg = cfg

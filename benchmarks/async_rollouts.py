@@ -43,6 +43,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="local1: the synchronous loop with 1 thread (how 2 threads fare on a busy host)")
     ap.add_argument("--cache", default=str(ROOT / "runs/bench-async"), help="SFT checkpoints, evals")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/async_rollouts.json"))
+    ap.add_argument("--prepare-only", action="store_true", help="build the seeds' SFT checkpoints and stop")
     ap.add_argument("overrides", nargs="*", help="recipe key=value overrides (both arms)")
     args = ap.parse_args(argv)
     if {"local", "local1"} <= set(args.arms):
@@ -119,13 +120,18 @@ def summarize(arm: Arm, block: int) -> dict:
 
 
 def run_seed(args, seed: int, load: list) -> dict:
+    import torch
+
     from longcot.data import build_task
     from longcot.pipeline import heldout_eval, seed_everything
     from longcot.policies.load import load_tokenizer
 
     cache = Path(args.cache) / f"seed{seed}"
     recipes = {name: arm_recipe(name, seed, cache, args.overrides) for name in args.arms}
+    torch.set_num_threads(1)  # the SFT checkpoint: 1 thread is the fastest on a busy 2-core host (docs/benchmarks.md)
     sft_path = prepare_policy(arm_recipe("local", seed, cache, args.overrides), cache)
+    if args.prepare_only:
+        return {"sft": str(sft_path)}
     seed_everything(seed)
     tok = load_tokenizer(sft_path)
     task = build_task(recipes[args.arms[0]].data)
@@ -170,7 +176,11 @@ def main(argv: list[str] | None = None) -> int:
     seeds = {}
     for seed in args.seeds:
         seeds[str(seed)] = run_seed(args, seed, load)
+        if args.prepare_only:
+            continue
         print(table(seeds), flush=True)
+    if args.prepare_only:
+        return 0
     result = {"seeds": seeds, "ratio_steps_per_s": {s: r.get("ratio_steps_per_s") for s, r in seeds.items()},
               "accuracy_gap_points": {s: r.get("accuracy_gap_points") for s, r in seeds.items()},
               "load": load, "settings": {"steps": args.steps, "block": args.block, "overrides": args.overrides,

@@ -1,6 +1,6 @@
-"""longcot vs TRL's GRPOTrainer on the same tiny-MoE GRPO job, side by side in one process.
+"""longcot vs TRL's GRPOTrainer on the same tiny-MoE GRPO job, side by side in one run.
 
-Why one process, interleaved: CPU timings on the shared 2-core machines swing up to 10x with other users'
+Why one run, interleaved: CPU timings on the shared 2-core machines swing up to 10x with other users'
 load (DESIGN.md section 5). Running N steps of TRL, then N steps of longcot, then N of TRL again ... exposes
 both to the same load, so the *ratio* is meaningful even when the absolute seconds are not.
 
@@ -16,20 +16,25 @@ What is the same for both (the fairness contract, also written into the JSON):
     advantages (R - mean_G) / (std_G + eps) per group (TRL: Bessel std, eps 1e-4; longcot: population std,
     eps 1e-6); one optimizer step per batch (TRL num_iterations=1, longcot updates_per_step=1);
   - optimizer: AdamW, same lr, betas (0.9, 0.99), weight decay 0, constant lr, grad-norm clip 1.0;
-  - torch threads: 1 (OMP_NUM_THREADS=1 and torch.set_num_threads(1)).
-What differs is the system: TRL generates with transformers ``generate`` (its default, use_vllm=False; the
-baseline of DESIGN.md), longcot with its in-process vLLM engine and in-place weight sync.
+  - cores: ``--threads`` (default 2) for each side. TRL runs in this process with that many torch threads.
+    longcot runs in its fastest mode, ``--longcot ray`` (default): one Ray rollout worker (1 CPU) generating the
+    next batch while the trainer actor (1 CPU) trains on this one (``rl.max_off_policy_steps=1``, truncated IS
+    ``rl.rollout_correction.rollout_is=token``, cap 2); its producers are paused while TRL runs, and a longcot
+    block is timed until its worker has finished the call it was in, so what it generated ahead is charged to it.
+    ``--longcot local`` is the synchronous in-process loop with ``--threads`` torch threads (the earlier
+    comparison, at 1 thread).
+What differs is the system: TRL generates with transformers ``generate`` (use_vllm=False: its vLLM colocate mode
+cannot sync weights into vLLM's CPU backend, see ``--trl-vllm`` and docs/benchmarks.md), longcot with vLLM.
 
 Held-out accuracy "after the same number of samples": both final policies are evaluated greedily on the
-same held-out problems, through the same engine (each policy's weights synced into it in turn).
+same held-out problems, through the same in-process engine (each policy's weights synced into it in turn).
 
-Run:  OMP_NUM_THREADS=1 .venv/bin/python benchmarks/vs_trl.py   (writes benchmarks/results/vs_trl.json)
+Run:  python benchmarks/vs_trl.py   (writes benchmarks/results/vs_trl.json)
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import os
@@ -37,6 +42,8 @@ import statistics
 import sys
 import time
 from pathlib import Path
+
+from bench_common import prepare_policy
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes/tiny/arith-moe.yaml"
@@ -57,6 +64,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--cache", default=str(ROOT / "runs/bench-vs-trl"), help="SFT checkpoint and eval samples")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/vs_trl.json"))
     ap.add_argument("--eager", action="store_true", help="vLLM without compilation (slower decode, fast start)")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads of TRL; cores of longcot's actors")
+    ap.add_argument("--longcot", choices=["ray", "local"], default="ray", help="longcot's runtime (ray: async)")
+    ap.add_argument("--trl-vllm", action="store_true", help="TRL with use_vllm=True, vllm_mode='colocate'")
     ap.add_argument("--prepare-only", action="store_true", help="build + SFT the shared checkpoint and stop")
     ap.add_argument("overrides", nargs="*", help="extra recipe key=value overrides (both trainers)")
     return ap.parse_args(argv)
@@ -74,8 +84,13 @@ def make_recipe(args: argparse.Namespace, seed: int | None = None):
     """longcot's recipe for this job: the tiny demo recipe with the benchmark's task and sizes."""
     from longcot.config import load_recipe
 
-    return load_recipe(RECIPE, [
-        *JOB, "name=bench-vs-trl", f"seed={args.seed if seed is None else seed}", "threads=1", f"out_dir={args.cache}",
+    return load_recipe(RECIPE, make_recipe_overrides(args, seed))
+
+
+def make_recipe_overrides(args: argparse.Namespace, seed: int | None = None) -> list[str]:
+    return [
+        *JOB, "name=bench-vs-trl", f"seed={args.seed if seed is None else seed}", f"threads={args.threads}",
+        f"out_dir={args.cache}",
         f"sft.num_examples={args.sft_examples}", "rollout.engine=vllm", f"rollout.n={args.n}",
         f"rollout.max_tokens={args.max_tokens}", "rollout.temperature=1.0", f"rl.prompts_per_step={args.prompts}",
         f"rl.lr={args.lr}", "rl.betas=[0.9,0.99]", "rl.weight_decay=0.0", "rl.grad_clip=1.0", "rl.warmup_steps=0",
@@ -83,34 +98,7 @@ def make_recipe(args: argparse.Namespace, seed: int | None = None):
         "rl.kl_coef=0.0", "rl.updates_per_step=1", f"rollout.engine_options={{enforce_eager: {args.eager}}}",
         f"eval.num_problems={args.eval_problems}",
         f"eval.max_tokens={args.max_tokens}", "eval.temperature=0.0", *args.overrides,
-    ])
-
-
-def prepare_policy(recipe, cache: Path) -> Path:
-    """The shared starting checkpoint: tiny MoE + short SFT, reused when the settings match."""
-    from longcot.data import build_task
-    from longcot.pipeline import run_sft_stage
-    from longcot.policies.build import build_tiny_moe
-    from longcot.policies.load import load_policy, load_tokenizer
-    from longcot.run import RunDir
-
-    # the whole data section: a change of task (e.g. the teacher's slips) must not reuse an old checkpoint
-    key = {"build_seed": recipe.model.build_seed, "sft": vars(recipe.sft), "data": dataclasses.asdict(recipe.data),
-           "seed": recipe.seed}
-    stamp = cache / "sft_key.json"
-    sft_path = cache / "checkpoints" / "sft"
-    if stamp.is_file() and json.loads(stamp.read_text()) == json.loads(json.dumps(key)) \
-            and (sft_path / "config.json").is_file():
-        return sft_path
-    run = RunDir(cache)
-    init = build_tiny_moe(cache / "init", seed=recipe.model.build_seed)
-    tok = load_tokenizer(init)
-    model = load_policy(init)
-    t0 = time.perf_counter()
-    run_sft_stage(recipe, model, tok, build_task(recipe.data), run)
-    logging.info("SFT checkpoint in %.0fs", time.perf_counter() - t0)
-    stamp.write_text(json.dumps(key))
-    return sft_path
+    ]
 
 
 def train_rows(task, args) -> list[dict]:
@@ -145,7 +133,10 @@ EOS: list[int] = []
 
 
 def build_trl(model, tok, prompts, args, recipe, callbacks):
-    """TRL's GRPOTrainer with the job's settings (transformers generate; TRL's defaults elsewhere)."""
+    """TRL's GRPOTrainer with the job's settings (transformers generate unless ``--trl-vllm``; TRL's defaults
+    elsewhere). With ``--trl-vllm`` on a CPU, TRL's colocated vLLM starts, then its weight sync fails: it calls the
+    vLLM model's ``load_weights`` directly, whose CPU linear layers no longer carry a ``weight_loader`` after vLLM
+    prepacked them ("'Parameter' object has no attribute 'weight_loader'")."""
     import datasets
     from trl import GRPOConfig, GRPOTrainer
 
@@ -157,7 +148,8 @@ def build_trl(model, tok, prompts, args, recipe, callbacks):
         max_grad_norm=1.0, per_device_train_batch_size=args.prompts * args.n, gradient_accumulation_steps=1,
         num_generations=args.n, max_completion_length=args.max_tokens, temperature=1.0, top_p=1.0, top_k=0,
         loss_type="dapo", epsilon=0.2, epsilon_high=0.2, beta=0.0, num_iterations=1, scale_rewards="group",
-        shuffle_dataset=False, use_vllm=False, use_cpu=True, bf16=False, fp16=False, seed=args.seed,
+        shuffle_dataset=False, use_vllm=args.trl_vllm, vllm_mode="colocate", use_cpu=True, bf16=False, fp16=False,
+        seed=args.seed,
         logging_steps=1, save_strategy="no", report_to=[], disable_tqdm=True, dataloader_num_workers=0,
     )
     reward_fn, counter = math_reward_for_trl(recipe)
@@ -233,20 +225,69 @@ def summarize(step_s: list[float], tokens: list[float], gen_s: list[float] | Non
     return out
 
 
+class LongcotArm:
+    """longcot's side: the synchronous loop in this process (``local``) or the Ray runtime (``ray``)."""
+
+    def __init__(self, args, recipe, sft_path: Path, tok, task, prompts) -> None:
+        from longcot.pipeline import longest_prompt
+        from longcot.policies.load import load_policy
+        from longcot.runtime import make_runtime
+
+        P = args.prompts
+        self.model = load_policy(sft_path)
+        max_len = longest_prompt(task, tok) + args.max_tokens + 8
+        self.runtime = make_runtime(recipe, Path(args.cache) / f"longcot-{args.longcot}", str(sft_path), tok, max_len)
+        self.loop = self.runtime.rl_trainer(self.model, lambda step, k: prompts[step * P:step * P + k])
+        self.prompts = getattr(self.loop, "prompts", None)  # Ray: the producers' queue (paused between blocks)
+        if self.prompts is not None:
+            self.prompts.pause()
+        self.wall: list[float] = []
+        self.rows: list[dict] = []
+
+    def run(self, first: int, count: int) -> None:
+        if self.prompts is not None:
+            self.prompts.resume()
+        for step in range(first, first + count):
+            t = time.perf_counter()
+            row, _ = self.loop.step(step)
+            self.wall.append(time.perf_counter() - t)
+            self.rows.append(row)
+        if self.prompts is not None:
+            t = time.perf_counter()
+            self.prompts.pause()  # wait for the call in flight: charged to the block's last step
+            self.wall[-1] += time.perf_counter() - t
+        logging.info("longcot steps %d-%d: median %.2fs", first, first + count - 1,
+                     statistics.median(self.wall[-count:]))
+
+    def policy(self):
+        """The trained policy as a module (Ray: the newest published weights, pulled into the driver's copy)."""
+        if hasattr(self.loop.learner, "pull_weights"):
+            self.loop.learner.pull_weights()
+            return self.model
+        return self.loop.learner.unwrapped()
+
+
+def longcot_recipe(args, recipe):
+    from longcot.config import load_recipe
+
+    if args.longcot == "local":
+        return recipe
+    return load_recipe(RECIPE, [*make_recipe_overrides(args), "cluster.backend=ray", "cluster.rollout_workers=1",
+                                "cluster.worker_cpus=1", "cluster.trainer_cpus=1", "rl.max_off_policy_steps=1",
+                                "rl.rollout_correction.rollout_is=token"])
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     for name in ("httpx", "vllm", "datasets", "transformers"):
         logging.getLogger(name).setLevel(logging.WARNING)
     import torch
-
-    torch.set_num_threads(1)
     from transformers import PrinterCallback
 
     from longcot.data import build_task
     from longcot.pipeline import seed_everything
     from longcot.policies.load import load_policy, load_tokenizer
-    from longcot.rl.trainer import RLTrainer
     from longcot.rollout import build_engine
 
     recipe = make_recipe(args)
@@ -255,51 +296,36 @@ def main(argv: list[str] | None = None) -> int:
     sft_path = prepare_policy(make_recipe(args, seed=args.sft_seed), cache)
     if args.prepare_only:
         return 0
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     seed_everything(args.seed)
     tok = load_tokenizer(sft_path)
     EOS[:] = [tok.eos_token_id]
     task = build_task(recipe.data)
-    rows = train_rows(task, args)
-    prompts = [task.prompt(r, tok) for r in rows]
+    prompts = [task.prompt(r, tok) for r in train_rows(task, args)]
     max_len = max(len(task.prompt(r, tok).prompt_ids) for r in task.heldout) + args.max_tokens + 8
-    # enforce_eager=False: vLLM compiles the model once at start (~30-60 s on these CPUs, cached on disk)
-    # and decodes ~3x faster per token; worth it for any run longer than a few steps.
+    # The evaluation engine (both final policies go through it). enforce_eager=False: vLLM compiles the model once
+    # at start (~30-60 s on these CPUs, cached on disk) and decodes ~3x faster per token.
     engine = build_engine("vllm", str(sft_path), tok, max_model_len=max_len, seed=args.seed,
                           **recipe.rollout.engine_options)
-    torch.set_num_threads(1)
-    lc_model = load_policy(sft_path)
-    acc0 = held_out(engine, lc_model, tok, task, recipe, cache / "eval" / "sft")
+    torch.set_num_threads(args.threads)
+    acc0 = held_out(engine, load_policy(sft_path), tok, task, recipe, cache / "eval" / "sft")
     logging.info("held-out accuracy of the shared SFT checkpoint: %.3f", acc0)
-
-    P = args.prompts
-    lc = RLTrainer(lc_model, tok, engine, recipe, lambda step, k: prompts[step * P:step * P + k])
-    lc_wall: list[float] = []
-    lc_rows: list[dict] = []
-
-    def run_longcot(first: int, count: int) -> None:
-        for step in range(first, first + count):
-            t = time.perf_counter()
-            row, _ = lc.step(step)
-            lc_wall.append(time.perf_counter() - t)
-            lc_rows.append(row)
-        logging.info("longcot steps %d-%d: median %.2fs", first, first + count - 1,
-                     statistics.median(lc_wall[-count:]))
-
-    trl_model = load_policy(sft_path)
-    cb = interleave_callback(args, run_longcot)
-    trl, counter = build_trl(trl_model, tok, prompts, args, recipe, [cb])
-    trl.remove_callback(PrinterCallback)  # one dict per step on stdout otherwise
-    gen_s = time_generate(trl)
-    t0 = time.perf_counter()
-    trl.train()
-    wall = time.perf_counter() - t0
-    torch.set_num_threads(1)
-
-    acc_trl = held_out(engine, trl.model, tok, task, recipe, cache / "eval" / "trl")
-    acc_lc = held_out(engine, lc.learner.unwrapped(), tok, task, recipe, cache / "eval" / "longcot")
-    engine.shutdown()
-    result = report(args, recipe, cb.times, counter["steps"], gen_s, lc_wall, lc_rows, acc0, acc_trl, acc_lc, wall)
+    lc = LongcotArm(args, longcot_recipe(args, recipe), sft_path, tok, task, prompts)
+    try:
+        cb = interleave_callback(args, lc.run)
+        trl, counter = build_trl(load_policy(sft_path), tok, prompts, args, recipe, [cb])
+        trl.remove_callback(PrinterCallback)  # one dict per step on stdout otherwise
+        gen_s = time_generate(trl)
+        torch.set_num_threads(args.threads)
+        t0 = time.perf_counter()
+        trl.train()
+        wall = time.perf_counter() - t0
+        acc_trl = held_out(engine, trl.model, tok, task, recipe, cache / "eval" / "trl")
+        acc_lc = held_out(engine, lc.policy(), tok, task, recipe, cache / "eval" / "longcot")
+    finally:
+        lc.runtime.shutdown()
+        engine.shutdown()
+    result = report(args, recipe, cb.times, counter["steps"], gen_s, lc.wall, lc.rows, acc0, acc_trl, acc_lc, wall)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(table(result))
@@ -327,10 +353,14 @@ def report(args, recipe, trl_s, trl_tokens, gen_s, lc_s, lc_rows, acc0, acc_trl,
                      "samples_per_prompt": args.n, "max_tokens": args.max_tokens, "lr": args.lr,
                      "eval_problems": args.eval_problems, "sft_examples": args.sft_examples, "seed": args.seed,
                      "sft_seed": args.sft_seed, "job": JOB + list(args.overrides),
-                     "threads": 1, "trl_loss": "dapo, epsilon 0.2, beta 0", "longcot_loss":
+                     "threads": args.threads, "longcot_runtime": args.longcot,
+                     "longcot_cores": "1 rollout worker (1 CPU) + trainer actor (1 CPU), max_off_policy_steps=1, "
+                     "truncated IS cap 2" if args.longcot == "ray" else f"{args.threads} torch threads, in-process",
+                     "trl_generation": "vllm colocate" if args.trl_vllm else "transformers generate",
+                     "loadavg_1m_at_end": os.getloadavg()[0], "trl_loss": "dapo, epsilon 0.2, beta 0", "longcot_loss":
                      "ppo_clip 0.2/0.2, token-mean", "optimizer": "AdamW betas (0.9, 0.99), wd 0, constant lr"},
         "versions": {"torch": torch.__version__, "trl": trl.__version__, "vllm": vllm.__version__},
-        "command": "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/vs_trl.py " + " ".join(sys.argv[1:]),
+        "command": ".venv/bin/python benchmarks/vs_trl.py " + " ".join(sys.argv[1:]),
         "wall_s": wall,
     }
 
@@ -348,7 +378,6 @@ def table(r: dict) -> str:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     os.environ.setdefault("LONGCOT_NO_PROGRESS", "1")

@@ -23,12 +23,12 @@ from longcot.eval.evaluate import evaluate
 from longcot.eval.grading import make_grader
 from longcot.policies.build import build_tiny_moe
 from longcot.policies.load import load_policy, load_tokenizer
-from longcot.rollout import build_engine
 from longcot.rollout.base import SamplingConfig
 from longcot.run import RunDir
 from longcot.run.checkpoint import restore_training_state, save_training_state
 from longcot.run.preemption import Preempted, StopOnSignal
 from longcot.run.resume import open_run
+from longcot.runtime import make_runtime, rl_engine  # noqa: F401 - rl_engine: kept importable from here
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,6 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict
     ``runs/<name>/`` from its latest training state (finished stages are not redone); ``overwrite`` deletes an
     existing run of that name first."""
     from longcot.config.validate import validate_recipe
-    from longcot.rl.trainer import RLTrainer
 
     validate_recipe(recipe)  # every name, option, file and this machine's sandbox: before any work
     if recipe.threads:
@@ -115,9 +114,9 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict
         policy_path = run_sft_stage(recipe, model, tokenizer, task, run)
     max_len = max(recipe.rollout.max_model_len, longest_prompt(task, tokenizer)
                   + max(recipe.rollout.max_tokens, recipe.eval.max_tokens))
-    engine = build_engine(recipe.rollout.engine, policy_path, tokenizer, max_model_len=max_len, seed=recipe.seed,
-                          **engine_options(recipe, model))
-    engine = agents.wrap_engine(engine, recipe, tokenizer, run.root / "agents", policy_path)  # as is unless enabled
+    # local: the engine in this process; ray: rollout workers (and, for RL, a trainer) as Ray actors (docs/cluster.md)
+    runtime = make_runtime(recipe, run.root, policy_path, tokenizer, max_len, engine_options(recipe, model))
+    engine = runtime.engine
     trainer = None
     try:
         if "after_sft" not in run.summary.get("eval", {}):
@@ -126,8 +125,7 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict
         log.info("held-out accuracy after SFT: %.3f", run.summary["eval"]["after_sft"]["accuracy"])
         if recipe.rl.enabled and recipe.rl.steps > 0:
             prompts = PromptSource(recipe, task, tokenizer)
-            trainer = RLTrainer(model, tokenizer, rl_engine(engine, recipe), recipe, prompts.next_prompts,
-                                prompts.on_results)
+            trainer = runtime.rl_trainer(model, prompts.next_prompts, prompts.on_results)
             start = restore_training_state(trainer, prompts, run, state) if state else run.truncate_metrics(0)
             ran = rl_loop(trainer, recipe, run, task, tokenizer, prompts, start)
             if ran or "after_rl" not in run.summary.get("eval", {}):
@@ -135,10 +133,9 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict
                 run.update_summary(eval={"after_rl": after_rl})
             log.info("held-out accuracy after RL: %.3f", run.summary["eval"]["after_rl"]["accuracy"])
     finally:
-        if trainer is not None:
+        if trainer is not None and hasattr(trainer.learner, "close"):
             trainer.learner.close()  # stops the trainer ranks this process started (trainer.ranks > 1)
-        if hasattr(engine, "shutdown"):
-            engine.shutdown()
+        runtime.shutdown()
     from longcot.report import plot_curves
 
     plot_curves(run.metrics_path, run.root / "curves.png")
@@ -168,15 +165,6 @@ def longest_prompt(task: Task, tokenizer) -> int:
     """Tokens of the longest prompt, training and held-out rows alike: the engine's context must fit any prompt
     the sampler may draw, not only the ones evaluated."""
     return max(len(task.prompt(r, tokenizer).prompt_ids) for r in [*task.train, *task.heldout])
-
-
-def rl_engine(engine, recipe: Recipe):
-    """The engine the RL loop samples from: wrapped for partial rollouts / loop cutting when the recipe asks."""
-    if not (recipe.partial.enabled or recipe.partial.repetition.enabled):
-        return engine
-    from longcot.rollout.partial import PartialRollouts
-
-    return PartialRollouts(engine, recipe.partial)
 
 
 def rl_loop(trainer, recipe: Recipe, run: RunDir, task: Task, tokenizer, prompts: PromptSource,

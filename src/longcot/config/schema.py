@@ -160,6 +160,15 @@ class RLConfig:
     router_aux_coef: float = 0.0  # MoE load-balancing loss weight in RL; off: RL should not move routing on its own
     optimizer: str = "adamw"  # adamw | muon | muonclip (longcot/policies/optimizers.py)
     optimizer_options: dict[str, Any] = field(default_factory=dict)  # e.g. {momentum: 0.95, qk_clip_tau: 100}
+    # pi_old in the policy ratio: "trainer" = the trainer's policy before this update (the proximal policy of
+    # decoupled PPO; with rl.rollout_correction the engine's log-probs enter as the truncated IS weight), "engine" = the
+    # engine's log-probs of the policy that sampled (behaviour-policy PPO). "engine" and
+    # rl.max_off_policy_steps > 0 ask the engine for log-probs on every step.
+    old_logprobs: Literal["trainer", "engine"] = "trainer"
+    # Asynchronous rollouts (cluster.backend: ray, docs/cluster.md): a trajectory may be sampled by a policy up to
+    # k versions older than the one it trains; older ones are dropped at admission and counted. 0: synchronous.
+    # k > 0 needs an off-policy correction: rl.rollout_correction or rl.old_logprobs: engine.
+    max_off_policy_steps: int = 0
     reset_optimizer: bool = False  # clear optimizer state every iteration (k1.5; the k15 loss asks for it)
     kl_in: Literal["loss", "reward"] = "loss"  # where kl_coef applies: per-token loss term, or subtracted from R
     dynamic_sampling: bool = False  # DAPO: drop groups whose rewards are all equal, refill up to prompts_per_step
@@ -326,6 +335,34 @@ class PartialConfig:
 
 
 @dataclass
+class ClusterConfig:
+    """Where the RL loop runs (docs/cluster.md). ``local``: one process, rollouts and training take turns (the
+    default). ``ray``: rollout workers and the trainer are Ray actors; rollouts overlap training within
+    ``rl.max_off_policy_steps``. The same recipe runs in either mode."""
+
+    backend: Literal["local", "ray"] = "local"
+    address: str | None = None  # None: start a local Ray instance for this run; "auto" or "host:port": join one
+    rollout_workers: int = 1  # Ray actors, each owning one engine (rollout.engine)
+    worker_cpus: float = 1.0  # Ray resources per rollout worker (its torch/vLLM threads follow worker_cpus)
+    worker_gpus: float = 0.0
+    worker_resources: dict[str, float] = field(default_factory=dict)  # custom Ray resources, e.g. node labels
+    trainer_cpus: float = 1.0  # Ray resources of the trainer actor
+    trainer_gpus: float = 0.0
+    trainer_resources: dict[str, float] = field(default_factory=dict)
+    prompts_per_call: int = 0  # prompts per worker generate call; 0: ceil(rl.prompts_per_step / rollout_workers)
+    max_worker_restarts: int = 3  # Ray restarts a dead rollout worker this often; its prompts are re-queued
+    weight_transport: Literal["object_store", "nccl"] = "object_store"  # nccl: GPUs only (vLLM weight transfer)
+
+    def __post_init__(self) -> None:
+        if self.rollout_workers < 1 or self.prompts_per_call < 0 or self.max_worker_restarts < 0:
+            raise ValueError("cluster.rollout_workers must be >= 1, cluster.prompts_per_call and "
+                             f"cluster.max_worker_restarts >= 0 (got {self.rollout_workers}, {self.prompts_per_call}, "
+                             f"{self.max_worker_restarts})")
+        if min(self.worker_cpus, self.worker_gpus, self.trainer_cpus, self.trainer_gpus) < 0:
+            raise ValueError("cluster.worker_cpus/worker_gpus/trainer_cpus/trainer_gpus must be >= 0")
+
+
+@dataclass
 class Recipe:
     name: str = "run"
     seed: int = 0
@@ -345,6 +382,7 @@ class Recipe:
     partial: PartialConfig = field(default_factory=PartialConfig)
     agents: AgentsConfig = field(default_factory=AgentsConfig)
     long2short: Long2ShortConfig = field(default_factory=Long2ShortConfig)  # `longcot long2short` (docs/long2short.md)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     def __post_init__(self) -> None:
         if self.rollout.n < 1 or self.rl.prompts_per_step < 1:
@@ -374,6 +412,19 @@ class Recipe:
         if self.rl.routing_replay == "r3" and self.rollout.engine != "vllm":
             raise ValueError(f"rl.routing_replay=r3 needs the vllm engine (it captures the experts), not "
                              f"{self.rollout.engine!r}")
+        frozen_roles = [n for n, r in self.agents.subagents.items() if r.policy == "frozen"]
+        if self.cluster.backend == "ray" and self.agents.enabled and frozen_roles:
+            raise ValueError(f"agents.subagents roles {frozen_roles} are frozen checkpoints: cluster.backend=ray "
+                             "serves only shared roles (the policy being trained) so far; use cluster.backend=local")
+        if self.rl.max_off_policy_steps < 0:
+            raise ValueError(f"rl.max_off_policy_steps must be >= 0 (0: synchronous), got "
+                             f"{self.rl.max_off_policy_steps}")
+        if self.rl.max_off_policy_steps and not self.rl.rollout_correction.active and self.rl.old_logprobs == "trainer":
+            raise ValueError(f"rl.max_off_policy_steps={self.rl.max_off_policy_steps} trains on samples from older "
+                             "policies: choose an off-policy correction, rl.rollout_correction (e.g. "
+                             "{rollout_is: token}: decoupled PPO, the ratio against the trainer's policy, truncated "
+                             "IS weight against the engine's) or "
+                             "rl.old_logprobs: engine (the engine's log-probs as pi_old)")
         if self.rl.dynamic_sampling and self.partial.enabled:
             raise ValueError("rl.dynamic_sampling and partial.enabled cannot be combined: refill rounds would advance "
                              "the partial-rollout buffer")

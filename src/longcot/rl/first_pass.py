@@ -27,9 +27,15 @@ class FirstPass:
         self.rollout: list[torch.Tensor] = []  # the engine's log-probs of the same tokens
         self.rs: dict[str, float] = {}  # rejection fractions, weighted by the tokens they were taken over
         self.rs_tokens = 0.0
+        self._measured: set[int] = set()  # micro-batches whose first pass was measured
+
+    def has(self, c: TokenBatch) -> bool:
+        """Whether :meth:`observe` has seen this micro-batch (the pass before the update measured it)."""
+        return id(c) in self._measured
 
     def observe(self, c: TokenBatch, logp: torch.Tensor, p: Any, moe: MoERouting | None) -> None:
         """One micro-batch's first forward: mismatch samples, routing statistics, r2's replay ids."""
+        self._measured.add(id(c))
         if c.rollout_logprobs is not None:
             live = c.mask > 0
             self.train.append(logp.detach()[live].cpu())

@@ -289,31 +289,44 @@ class Learner:
         return sums
 
     def _precompute(self, chunks: list[tuple[TokenBatch, bool]], timer: StepTimer, seen: FirstPass) -> None:
-        """pi_old (several updates per batch, or a rollout rejection mask, which must drop tokens before the loss
-        denominators are counted) and reference log-probs (KL in the loss), once, before any update."""
+        """pi_old and reference log-probs (KL in the loss), once, before any update. pi_old is the engine's
+        log-probs with ``rl.old_logprobs=engine``; else the trainer's, recomputed here when there are several
+        updates per batch. A rollout rejection mask needs the trainer's log-probs too, and must drop tokens before
+        the loss denominators are counted."""
         kl_in_loss = self.ref_model is not None and self.rl.kl_in == "loss"
         corr = self.rl.rollout_correction
-        need_old = self.rl.updates_per_step > 1 or corr.rollout_rs is not None
-        if not need_old and not kl_in_loss:
+        engine_old = self.rl.old_logprobs == "engine"
+        if engine_old:
+            for c, filler in chunks:
+                if filler:
+                    continue
+                if c.rollout_logprobs is None:
+                    raise ValueError("rl.old_logprobs=engine but the batch has no engine log-probs (the engine must "
+                                     "return them on every step: SamplingConfig.logprobs)")
+                c.old_logprobs = c.rollout_logprobs
+        need_trainer = (self.rl.updates_per_step > 1 and not engine_old) or corr.rollout_rs is not None
+        if not need_trainer and not kl_in_loss:
             return
         with timer.phase("logprob_recompute"), torch.no_grad():
             for c, filler in chunks:
-                if need_old:
+                if need_trainer:
                     with self._routing(c, first=True, filler=filler) as p:
-                        c.old_logprobs = self._forward(self.model, c)[0]
+                        lp = self._forward(self.model, c)[0]
+                    if not engine_old:
+                        c.old_logprobs = lp
                     if not filler:
-                        seen.observe(c, c.old_logprobs, p, self.moe)
+                        seen.observe(c, lp, p, self.moe)
                     if corr.rollout_rs is not None and not filler:
-                        self._reject(c, seen)
+                        self._reject(c, lp, seen)
                 if kl_in_loss:
                     c.ref_logprobs = self._forward(self.ref_model, c)[0]
 
-    def _reject(self, c: TokenBatch, seen: FirstPass) -> None:
+    def _reject(self, c: TokenBatch, trainer_logprobs: torch.Tensor, seen: FirstPass) -> None:
         """Rollout rejection (masked IS / geometric-mean masking): drop tokens from the loss and its denominator."""
         corr = self.rl.rollout_correction
         if c.rollout_logprobs is None:
             raise ValueError("rl.rollout_correction.rollout_rs needs the engine's log-probs on every step")
-        keep, m = rejection_mask(c.old_logprobs, c.rollout_logprobs, c.mask, corr.rollout_rs,
+        keep, m = rejection_mask(trainer_logprobs, c.rollout_logprobs, c.mask, corr.rollout_rs,
                                  corr.rollout_rs_threshold, corr.rollout_rs_threshold_lower)
         seen.rejected(m, float(c.mask.sum()))
         c.mask = c.mask * keep
@@ -348,7 +361,7 @@ class Learner:
         if filler:  # a rank's extra micro-batch (equal counts): the collectives run, the gradient is exactly 0
             (logp.sum() * 0.0).backward()
             return 0.0, {}
-        if first and c.old_logprobs is None:  # the first pass (not measured by _precompute)
+        if first and not seen.has(c):  # the first pass (not measured by _precompute)
             seen.observe(c, logp, p, self.moe)
         old = c.old_logprobs if c.old_logprobs is not None else logp.detach()
         batch = LossBatch(logprobs=logp, old_logprobs=old, advantages=c.advantages, mask=c.mask,

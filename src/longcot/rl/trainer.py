@@ -39,10 +39,12 @@ def sampling_from(recipe: Recipe, seed: int | None = None, logprobs: bool = True
 
 
 def wants_rollout_logprobs(recipe: Recipe, step: int) -> bool:
-    """Whether step ``step`` asks the engine for log-probs: always when a rollout correction or KL-in-reward
-    reads them, else every ``rollout.logprobs_every`` steps, for the mismatch metrics only."""
+    """Whether step ``step`` asks the engine for log-probs: always when a rollout correction, KL-in-reward, pi_old
+    from the engine or off-policy rollouts read them, else every ``rollout.logprobs_every`` steps, for the
+    mismatch metrics only."""
     rl, every = recipe.rl, recipe.rollout.logprobs_every
-    if rl.rollout_correction.active or (rl.kl_coef and rl.kl_in == "reward"):
+    if rl.rollout_correction.active or (rl.kl_coef and rl.kl_in == "reward") or rl.old_logprobs == "engine" \
+            or rl.max_off_policy_steps:
         return True
     return every > 0 and step % every == 0
 

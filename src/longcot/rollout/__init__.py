@@ -27,6 +27,7 @@ def _build_vllm(model_path: str, tokenizer: Any, **options: Any) -> Engine:
 def _build_hf(model_path: str, tokenizer: Any, **options: Any) -> Engine:
     from longcot.rollout.hf import HFEngine
 
+    options.pop("seed", None)  # an engine-wide seed means nothing here: every request carries its own seeds
     check_options(HFEngine.__init__, options, "rollout engine 'hf'")
     return HFEngine(model_path, tokenizer, **options)
 

@@ -305,7 +305,10 @@ def _append_routing(t: Trajectory, rows: np.ndarray | None) -> None:
 # ---- backends: how requests reach an engine ------------------------------------------------------------------
 def make_backend(engine: Any, exact_resume: bool = True) -> Any:
     """The vLLM backend for a :class:`~longcot.rollout.vllm.VLLMEngine` (per-request seeds and limits in one
-    batched call), else the generic one that goes through ``engine.generate``."""
+    batched call), else the generic one that goes through ``engine.generate``. An engine that brings its own
+    (``partial_backend``: a Ray rollout worker, which runs the vLLM backend on its side) is asked for it."""
+    if hasattr(engine, "partial_backend"):
+        return engine.partial_backend(exact_resume)
     if hasattr(engine, "llm"):
         return VLLMBackend(engine, exact_resume)
     return EngineBackend(engine)

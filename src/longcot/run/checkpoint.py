@@ -18,6 +18,8 @@ def save_training_state(trainer: Any, prompts: Any, run: RunDir, next_step: int,
     engine = trainer.engine
     loop = {"prompts": prompts.state_dict(),
             "engine": engine.state_dict() if hasattr(engine, "state_dict") else None,
+            # the asynchronous loop (cluster.backend: ray): scored groups not yet trained, queue, partial buffers
+            "runtime": trainer.state_dict() if hasattr(trainer, "state_dict") else None,
             "rng": rng_state(), "summary": run.summary, "metrics_rows": run.metrics_rows()}
     path = save_state(run.states, next_step, trainer.learner, loop, keep)
     log.info("training state saved: %s", path)
@@ -30,8 +32,11 @@ def restore_training_state(trainer: Any, prompts: Any, run: RunDir, state: Train
     uninterrupted run used, so it holds bit-identical parameters."""
     learner = trainer.learner
     learner.load_weights(state.policy_path)
-    learner.load_state_dict(state.learner)
-    trainer.engine.sync_weights(learner.named_parameters(), learner.version)
+    learner.load_state_dict(state.learner)  # the Ray trainer also republishes the weights to its workers
+    if state.loop.get("runtime") is not None:
+        trainer.load_state_dict(state.loop["runtime"])
+    else:
+        trainer.engine.sync_weights(learner.named_parameters(), learner.version)
     if state.loop.get("engine") is not None:
         trainer.engine.load_state_dict(state.loop["engine"])
     prompts.load_state_dict(state.loop["prompts"])

@@ -1,0 +1,52 @@
+"""``longcot train`` in Ray mode, end to end in a subprocess (its own Ray instance): staleness stays within
+``rl.max_off_policy_steps``, every batch is complete, the workers hold the trainer's weights, and no process the run
+started outlives it, also when it is interrupted with Ctrl-C, and nothing is written under $HOME."""
+
+import json
+import os
+import signal
+
+import pytest
+from raytest import PROMPTS, N, rows, start_train, watch
+
+pytestmark = pytest.mark.slow
+
+
+def test_ray_run_stays_within_k_and_leaves_no_process(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    proc = start_train(tmp_path, "ray", ["rl.steps=4"], home=home)
+    w = watch(proc)
+    out = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 0, out[-3000:]
+    run = tmp_path / "ray"
+    got = rows(run)
+    assert [r["step"] for r in got] == [0, 1, 2, 3]
+    for r in got:
+        assert r["async/staleness_max"] <= 1, r
+        assert r["async/batch_samples"] == PROMPTS * N  # never a short batch
+        assert r["time/train"] > 0 and "async/busy/worker0" in r and "async/busy/trainer" in r
+    assert max(r["async/staleness_max"] for r in got) == 1  # generation did overlap training
+    checks = [r["sync_check/gap_max"] for r in got if "sync_check/gap_max" in r]
+    assert checks and max(checks) < 1e-4  # each worker's log-probs after loading a version == the trainer's
+    assert max(r["tis_weight_mean"] for r in got) < 1.0 or any(r["rollout_logprob_gap"] > 0 for r in got)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["eval"]["after_rl"]["n"] == 8
+    assert (run / "checkpoints" / "final" / "config.json").is_file()
+    cluster = json.loads((run / "cluster.json").read_text())
+    assert len(cluster["workers"]) == 1 and cluster["trainer"]["pid"] != cluster["workers"][0]["pid"]
+    assert len(w.seen) >= 4, w.seen  # GCS, raylet, a worker, the trainer... were watched
+    assert w.survivors() == []
+    assert not os.path.exists(cluster["session_dir"])  # Ray's session files are removed too
+    assert list(home.rglob("*")) == []  # nothing under $HOME: no Ray auth token, no caches
+
+
+def test_ctrl_c_during_rl_stops_every_ray_process(tmp_path):
+    proc = start_train(tmp_path, "interrupted", ["rl.steps=50"])
+    run = tmp_path / "interrupted"
+    w = watch(proc, until=lambda: len(rows(run)) >= 1)
+    assert proc.poll() is None, proc.communicate()[0][-3000:]
+    proc.send_signal(signal.SIGINT)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode != 0 and "KeyboardInterrupt" in out, out[-2000:]
+    assert w.survivors() == []

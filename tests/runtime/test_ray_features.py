@@ -1,0 +1,85 @@
+"""Partial rollouts, dynamic sampling and agent rollouts in the Ray runtime, each a short ``longcot train`` on one
+Ray instance shared by the module (the buffers, the filtering and the agent driver live in the driver; generation
+and evaluation on the workers)."""
+
+import os
+import random
+import tempfile
+from pathlib import Path
+
+import pytest
+import ray
+from raytest import ROOT, rows
+
+from longcot.config import load_recipe
+from longcot.pipeline import train
+from longcot.rewards.registry import REWARDS, reward
+
+pytestmark = pytest.mark.slow
+SMALL = ["threads=1", "sft.enabled=false", "rl.prompts_per_step=4", "rollout.n=4", "eval.num_problems=4", "eval.n=1",
+         "data.num_heldout=8", "cluster.backend=ray", "rl.max_off_policy_steps=1",
+         "rl.rollout_correction.rollout_is=token",
+         "rollout.sync_check_every=1"]
+
+if "test_coin_on_odd" not in REWARDS:
+
+    @reward("test_coin_on_odd")
+    def coin_on_odd(sample) -> float:
+        """Even prompts: always 1 (an uninformative group); odd prompts: a coin flip per sample."""
+        if int(sample.prompt_id.rsplit("-", 1)[-1]) % 2 == 0:  # arith ids: "train-<row>"
+            return 1.0
+        return float(random.Random(f"{sample.group_id}-{sample.response_ids}").random() < 0.5)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_instance():
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ["LONGCOT_NO_PROGRESS"] = "1"
+    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=tempfile.mkdtemp(prefix="lcray-f-", dir="/tmp"),
+             log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def run(tmp_path: Path, recipe: str, overrides: list[str]) -> tuple[dict, list[dict]]:
+    r = load_recipe(ROOT / "recipes/tiny" / recipe, [*SMALL, f"out_dir={tmp_path}", "name=run", *overrides])
+    return train(r), rows(tmp_path / "run")
+
+
+def test_partial_rollouts_buffer_in_the_driver(tmp_path):
+    summary, got = run(tmp_path, "arith-moe-partial.yaml", [
+        "rl.steps=3", "data.num_train=200", "rollout.max_tokens=48", "eval.max_tokens=48", "partial.token_budget=16",
+        "partial.repetition.enabled=false"])
+    assert [r["step"] for r in got] == [0, 1, 2]
+    assert all(r["async/batch_samples"] == 16 for r in got)
+    assert max(r.get("partial/segments_per_traj", 0) for r in got) > 1  # samples were continued across versions
+    assert all(r["async/staleness_max"] <= 1 for r in got)
+    assert summary["eval"]["after_rl"]["n"] == 4
+
+
+def test_dynamic_sampling_fills_the_batch_with_informative_groups(tmp_path):
+    _, got = run(tmp_path, "arith-moe.yaml", [
+        "rl.steps=2", "data.num_train=200", "rollout.max_tokens=16", "eval.max_tokens=16", "rl.dynamic_sampling=true",
+        "rl.dynamic_max_extra_rounds=3", "rewards=[{name: test_coin_on_odd}]"])
+    for r in got:
+        assert 0.2 <= r["dynamic/kept_fraction"] <= 0.8
+        assert r["dynamic/groups_short"] == 0 and r["async/batch_samples"] == 16
+
+
+def test_agent_rollouts_on_the_workers(tmp_path):
+    summary, got = run(tmp_path, "parl-arith.yaml", [
+        "rl.steps=2", "rl.prompts_per_step=2", "rollout.n=2", "data.num_train=64", "rollout.max_tokens=64",
+        "eval.max_tokens=64", "agents.subagent_max_tokens=32", "rl.checkpoint_every=0"])
+    assert [r["step"] for r in got] == [0, 1]
+    assert all("agents/critical_path_tokens_mean" in r and r["async/batch_samples"] >= 4 for r in got)
+    assert "agents/critical_path_tokens_mean" in summary["eval"]["after_rl"]
+    assert list((tmp_path / "run" / "agents" / "worker0").glob("*.jsonl"))  # agent trees from the training rollouts
+
+
+def test_hf_engine_workers(tmp_path):
+    _, got = run(tmp_path, "arith-moe.yaml", ["rl.steps=3", "data.num_train=200", "rollout.engine=hf",
+                                              "rollout.max_tokens=16", "eval.max_tokens=16", "rl.entropy_coef=0.01"])
+    assert [r["step"] for r in got] == [0, 1, 2] and all(r["async/batch_samples"] == 16 for r in got)
+    checks = [r["sync_check/gap_max"] for r in got if "sync_check/gap_max" in r]
+    assert checks and max(checks) < 1e-4  # the HF worker's copy follows the trainer too

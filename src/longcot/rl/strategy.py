@@ -8,9 +8,10 @@
   The root unit (embeddings, final norm, LM head) is gathered for the forward and stays gathered until its
   backward, so the chunked LM head (:mod:`longcot.rl.logprobs`) reads it inside the root's forward.
 
-All three use PyTorch directly, not accelerate: rank 0 is the driver process (engine, data, rewards) and the other
-ranks are processes this package starts, or Ray actors, with a process group that already exists; accelerate's
-state is a process-wide singleton configured by ``accelerate launch`` environment variables, which fits neither.
+All three use PyTorch directly, not accelerate: with one rank the learner lives in the driver process (engine,
+data, rewards); with more, every rank (rank 0 included) is a process this package starts (longcot.rl.ranks), or a
+Ray actor, with a process group that already exists; accelerate's state is a process-wide singleton configured by
+``accelerate launch`` environment variables, which fits neither.
 The state-dict helpers of ``torch.distributed.checkpoint`` give one optimizer-state format for every strategy
 (parameter names as keys), so a run saved with one strategy resumes with another.
 

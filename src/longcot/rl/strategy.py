@@ -98,6 +98,13 @@ class SingleStrategy:
         """The full HF state dict on rank 0 (empty elsewhere), for ``save_pretrained``."""
         return scorer.lm.state_dict()
 
+    def load_model_state_dict(self, scorer: nn.Module, state: dict[str, torch.Tensor] | None) -> None:
+        """Rank 0's full HF state dict (``state``; None on the other ranks) into every rank's policy, in place
+        (collective with several ranks)."""
+        if self.group.rank == 0:
+            scorer.lm.load_state_dict(state, strict=True)
+        _broadcast_tensors(scorer, self.group, params=True)
+
     def optimizer_state_dict(self, scorer: nn.Module, optimizer: torch.optim.Optimizer) -> dict | None:
         """The full optimizer state keyed by parameter name, on rank 0 (collective); None before the first step
         (the helper would initialise the state by taking a zero step, moving Adam's step count)."""
@@ -192,6 +199,16 @@ class FSDPStrategy(SingleStrategy):
 
         sd = get_model_state_dict(scorer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         return {k.removeprefix("lm."): v for k, v in sd.items()}
+
+    def load_model_state_dict(self, scorer: nn.Module, state: dict[str, torch.Tensor] | None) -> None:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+        from torch.distributed.fsdp import FSDPModule
+
+        for module in scorer.modules():  # the root stays gathered after a forward without backward (module doc)
+            if isinstance(module, FSDPModule):
+                module.reshard()  # sharded parameters: what the broadcast loader fills
+        full = {f"lm.{k}": v for k, v in state.items()} if self.group.rank == 0 else {}  # scorer's names, as in wrap
+        set_model_state_dict(scorer, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
 
     def optimizer_state_dict(self, scorer: nn.Module, optimizer: torch.optim.Optimizer) -> dict | None:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict

@@ -4,6 +4,7 @@ waits (to be killed or interrupted) or makes rank 0 fail and reports what the dr
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import time
 
@@ -12,6 +13,8 @@ from longcot.policies.load import load_policy, load_tokenizer
 from longcot.rl.remote import make_learner
 
 if __name__ == "__main__":
+    # Ctrl-C as in a terminal: a runner started in the background (nohup ... &) passes SIGINT down ignored
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     path, mode = sys.argv[1], sys.argv[2]
     recipe = load_recipe(None, ["trainer.strategy=ddp", "trainer.ranks=2", "threads=1"])
     learner = make_learner(load_policy(path), load_tokenizer(path), recipe)

@@ -50,7 +50,8 @@ def test_engine_pi_old_needs_engine_logprobs_on_every_step(policy):
     path, tok = policy
     recipe = load_recipe(None, ["rl.old_logprobs=engine", "rollout.logprobs_every=10"])
     assert all(wants_rollout_logprobs(recipe, s) for s in range(3))
-    off = load_recipe(None, ["rl.max_off_policy_steps=1", "rl.rollout_correction.rollout_is=token", "rollout.logprobs_every=0"])
+    off = load_recipe(None, ["rl.max_off_policy_steps=1", "rl.rollout_correction.rollout_is=token",
+                             "rollout.logprobs_every=0"])
     assert wants_rollout_logprobs(off, 1)
     learner = Learner(load_policy(path), tok, recipe)
     trajs = batch(learner, 0.0)

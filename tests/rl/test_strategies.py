@@ -45,8 +45,13 @@ def train_two_steps(path, strategy: str, ranks: int, load_state: dict | None = N
         weights = {n: t.clone() for n, t in learner.named_parameters()}
         ref = learner.reference_logprobs(batch(1)[:5])
         pol = learner.policy_logprobs(batch(1)[:5])
-        return {"first": first, "second": second, "state": state, "weights": weights, "ref": ref, "pol": pol,
-                "version": learner.version, "updates": learner.updates, "learner": type(learner)}
+        out = {"first": first, "second": second, "state": state, "weights": weights, "ref": ref, "pol": pol,
+               "version": learner.version, "updates": learner.updates, "learner": type(learner)}
+        learner.load_weights(path)  # back to the starting policy (what resume does), on every rank
+        out["reloaded"] = {n: t.clone() for n, t in learner.named_parameters()}
+        # 16 responses in 3 micro-batches: both ranks score a share, so a rank that kept its old weights shows
+        out["reloaded_pol"], out["start_ref"] = learner.policy_logprobs(batch(1)), learner.reference_logprobs(batch(1))
+        return out
     finally:
         if isinstance(learner, RemoteLearner):
             procs = learner.launcher.context.processes
@@ -67,8 +72,9 @@ def single(policy):
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_two_ranks_train_to_the_single_rank_weights(policy, single, strategy):
     """Same updated weights (<= 1e-5) and loss after two steps; the optimizer state gathered from the ranks
-    equals single's and loads back across strategies (the second step starts from single's state). fsdp runs
-    with activation checkpointing (recomputing gives the same numbers), which also covers FSDP2 + HF checkpointing."""
+    equals single's and loads back across strategies (the second step starts from single's state); load_weights
+    puts the starting checkpoint back on every rank. fsdp runs with activation checkpointing (recomputing gives the
+    same numbers), which also covers FSDP2 + HF checkpointing."""
     extra = ("rl.gradient_checkpointing=true",) if strategy == "fsdp" else ()
     got = train_two_steps(policy, strategy, 2, load_state=single["state"], extra=extra)
     assert got["learner"] is RemoteLearner and got["version"] == got["updates"] == 2
@@ -87,6 +93,10 @@ def test_two_ranks_train_to_the_single_rank_weights(policy, single, strategy):
             assert torch.allclose(s1["state"][k][key], s2["state"][k][key], atol=1e-7, rtol=1e-4)
     for a, b in zip(single["ref"] + single["pol"], got["ref"] + got["pol"], strict=True):
         assert a == pytest.approx(b, abs=1e-5)
+    for run in (single, got):  # load_weights: the starting checkpoint back into every rank's (sharded) policy
+        assert all(torch.equal(w, start[n]) for n, w in run["reloaded"].items())
+        for a, b in zip(run["reloaded_pol"], run["start_ref"], strict=True):
+            assert a == pytest.approx(b, abs=1e-6)
 
 
 @pytest.mark.slow

@@ -197,7 +197,7 @@ class TrainerConfig:
     """Where and how the policy trains (docs/training.md): ranks, sharding strategy, device, precision."""
 
     strategy: Literal["single", "ddp", "fsdp"] = "single"
-    ranks: int = 1  # trainer processes; `longcot train` starts ranks 1..N-1 itself (rank 0 is the driver)
+    ranks: int = 1  # trainer processes; > 1: `longcot train` starts all N itself, apart from the driver
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: rank r on GPU r when CUDA is available, else CPU
     precision: Literal["auto", "fp32", "bf16-mixed"] = "auto"  # auto: bf16-mixed on GPU, fp32 on CPU
     # how long a follower rank waits for rank 0's next command (it waits through every rollout phase)

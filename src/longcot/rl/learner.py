@@ -184,13 +184,14 @@ class Learner:
 
     def load_weights(self, path: str | Path) -> None:
         """Load HF-format weights saved by :meth:`save_pretrained` into the policy in place, on every rank (the
-        optimizer binding and the reference built from the starting policy stay as they are): resume.
+        optimizer binding and the reference built from the starting policy stay as they are): what a resumed
+        run trains from (longcot.run.checkpoint).
 
         Through ``from_pretrained``, not the safetensors files: transformers stores some modules in another
         layout on disk than in memory (Qwen3-MoE experts are fused in memory, per expert on disk) and converts
-        on load. Rank 0 reads the checkpoint on the CPU; the strategy places it (broadcast or sharded)."""
-        lm = self.unwrapped()
-        loaded = type(lm).from_pretrained(str(path), dtype=torch.float32)
+        on load. Rank 0 reads the checkpoint on the CPU; the strategy copies it into every rank's parameters
+        (broadcast; each rank keeps only its shard under fsdp)."""
+        loaded = type(self.scorer.lm).from_pretrained(str(path), dtype=torch.float32)
         state = loaded.state_dict()
         del loaded
         self._run("load_weights", [state] + [None] * (self.group.world_size - 1))
@@ -442,6 +443,9 @@ class Learner:
             return None
         # a snapshot: the helpers may return the live state tensors, which the next step updates in place
         return tree_map_only(torch.Tensor, lambda t: t.detach().clone(), state)
+
+    def _op_load_weights(self, payload: dict | None, timer: StepTimer) -> None:
+        self.strategy.load_model_state_dict(self.scorer, payload)
 
     def _op_load_state(self, payload: tuple, timer: StepTimer) -> None:
         optimizer_state, counters = payload

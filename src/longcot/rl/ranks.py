@@ -32,6 +32,7 @@ import os
 import shutil
 import signal
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -113,7 +114,9 @@ class LocalLauncher:
         self.context = mp.start_processes(_rank_entry, args=(target, world_size, self.init_method, os.getpid(), args),
                                           nprocs=world_size, join=False, daemon=True, start_method="spawn")
         self._closed = False
-        atexit.register(self.close)
+        # at exit without close() (Ctrl-C, a script that never closed its learner) no "stop" went out: the ranks
+        # wait for a command that will not come, so waiting for them to exit on their own only delays the exit
+        atexit.register(self.close, timeout=0.0)
 
     @property
     def pids(self) -> list[int]:
@@ -128,14 +131,16 @@ class LocalLauncher:
         return None
 
     def close(self, timeout: float = 30.0) -> None:
-        """Wait up to ``timeout`` s for the ranks to exit (they do after a "stop" command), then SIGTERM,
+        """Wait up to ``timeout`` s in all for the ranks to exit (they do after a "stop" command), then SIGTERM,
         then SIGKILL what is left."""
         if self._closed:
             return
         self._closed = True
         procs = self.context.processes
+        deadline = time.monotonic() + timeout
         for p in procs:
-            p.join(timeout)
+            p.join(max(0.0, deadline - time.monotonic()))
+        for p in procs:
             if p.is_alive():
                 p.terminate()
         for p in procs:

@@ -119,13 +119,16 @@ class RemoteLearner:
         """Stop the ranks (a "stop" request, then signals for whatever does not exit). Safe to call twice."""
         if self.launcher is None:
             return
+        stopped = False
         if self.launcher.error() is None and any(p.is_alive() for p in self.launcher.context.processes):
             try:
                 self.requests.put(("stop", None))
                 self._answer(timeout_s=60.0)
+                stopped = True
             except Exception as e:  # noqa: BLE001 (a rank that fails while stopping is stopped by signal below)
                 log.warning("trainer ranks did not stop cleanly: %s", e)
-        self.launcher.close()
+        # after "stop" the ranks exit on their own; after a failure the survivors wait for commands: signal them
+        self.launcher.close(timeout=30.0 if stopped else 0.0)
         self.launcher = None
 
     # ---- the channel ----------------------------------------------------------------------------------------

@@ -8,9 +8,10 @@
   The root unit (embeddings, final norm, LM head) is gathered for the forward and stays gathered until its
   backward, so the chunked LM head (:mod:`longcot.rl.logprobs`) reads it inside the root's forward.
 
-All three use PyTorch directly, not accelerate: rank 0 is the driver process (engine, data, rewards) and the other
-ranks are processes this package starts, or Ray actors, with a process group that already exists; accelerate's
-state is a process-wide singleton configured by ``accelerate launch`` environment variables, which fits neither.
+All three use PyTorch directly, not accelerate: with one rank the learner lives in the driver process (engine,
+data, rewards); with more, every rank (rank 0 included) is a process this package starts (longcot.rl.ranks), or a
+Ray actor, with a process group that already exists; accelerate's state is a process-wide singleton configured by
+``accelerate launch`` environment variables, which fits neither.
 The state-dict helpers of ``torch.distributed.checkpoint`` give one optimizer-state format for every strategy
 (parameter names as keys), so a run saved with one strategy resumes with another.
 
@@ -98,11 +99,11 @@ class SingleStrategy:
         return scorer.lm.state_dict()
 
     def load_model_state_dict(self, scorer: nn.Module, state: dict[str, torch.Tensor] | None) -> None:
-        """Full HF weights (given on rank 0 only; None elsewhere) into every rank's policy (collective)."""
-        with torch.no_grad():
-            if state is not None:
-                scorer.lm.load_state_dict(state, strict=True)
-            _broadcast_tensors(scorer, self.group, params=True)
+        """Rank 0's full HF state dict (``state``; None on the other ranks) into every rank's policy, in place
+        (collective with several ranks)."""
+        if self.group.rank == 0:
+            scorer.lm.load_state_dict(state, strict=True)
+        _broadcast_tensors(scorer, self.group, params=True)
 
     def optimizer_state_dict(self, scorer: nn.Module, optimizer: torch.optim.Optimizer) -> dict | None:
         """The full optimizer state keyed by parameter name, on rank 0 (collective); None before the first step
@@ -201,8 +202,12 @@ class FSDPStrategy(SingleStrategy):
 
     def load_model_state_dict(self, scorer: nn.Module, state: dict[str, torch.Tensor] | None) -> None:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+        from torch.distributed.fsdp import FSDPModule
 
-        full = {f"lm.{k}": v for k, v in state.items()} if state is not None else {}
+        for module in scorer.modules():  # the root stays gathered after a forward without backward (module doc)
+            if isinstance(module, FSDPModule):
+                module.reshard()  # sharded parameters: what the broadcast loader fills
+        full = {f"lm.{k}": v for k, v in state.items()} if self.group.rank == 0 else {}  # scorer's names, as in wrap
         set_model_state_dict(scorer, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
 
     def optimizer_state_dict(self, scorer: nn.Module, optimizer: torch.optim.Optimizer) -> dict | None:

@@ -120,3 +120,12 @@ def test_dry_run_prints_the_resolved_recipe(capsys):
     rc = main(["train", RECIPE, "seed=3", "--dry-run"])
     out = capsys.readouterr().out
     assert rc == 0 and "name: arith-moe\nseed: 3\n" in out and "reward_modules: []" in out
+
+
+@pytest.mark.parametrize("override, key, says", [
+    ("rl.optimizer=muonclp", "rl.optimizer", "did you mean 'muonclip'"),
+    ("sft.optimizer=adamw_torch", "sft.optimizer", "unknown optimizer"),
+    ("rl.optimizer_options={momentm: 0.9}", "rl.optimizer_options", "momentm")])
+def test_dry_run_rejects_optimizer_names_and_options(capsys, override, key, says):
+    rc, err = dry_run(capsys, *(["rl.optimizer=muon"] if "options" in override else []), override)
+    assert rc == 2 and f"'{key}'" in err and says in err

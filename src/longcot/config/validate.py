@@ -231,6 +231,7 @@ def _check_rl(recipe, problems: Problems) -> None:
     from longcot.rl.losses import AGGREGATIONS, LOSSES, LossBatch, policy_loss
 
     rl = recipe.rl
+    _check_optimizers(recipe, problems)
     agg_ok = rl.aggregation in AGGREGATIONS
     if not agg_ok:
         problems.add("rl.aggregation", f"unknown aggregation '{rl.aggregation}'"
@@ -318,3 +319,15 @@ def validate_score(data: Path, out: Path, specs: list, reward_modules: list[str]
 
 
 TOKEN_REWARDS = ("repetition",)  # rewards that read token ids, not only a length
+
+
+def _check_optimizers(recipe, problems: Problems) -> None:
+    """``rl.optimizer`` and ``sft.optimizer``: known names, options by signature (a typo must not cost an SFT)."""
+    from longcot.policies.optimizers import OPTIMIZERS
+    from longcot.registry import check_options
+
+    for key, section in (("rl", recipe.rl), ("sft", recipe.sft)):
+        ok, fn = problems.call(f"{key}.optimizer", OPTIMIZERS.get, section.optimizer)
+        if ok:
+            problems.call(f"{key}.optimizer_options", check_options, fn, dict(section.optimizer_options),
+                          where=f"{key}.optimizer[{section.optimizer}]")

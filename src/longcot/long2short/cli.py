@@ -12,6 +12,8 @@ def run_main(argv: list[str]) -> int:
     ap.add_argument("recipe", help="a recipe with a long2short section (recipes/tiny/long2short-srs.yaml)")
     ap.add_argument("overrides", nargs="*", help="key=value overrides, e.g. seed=1 long2short.merge.long_weight=0.7")
     ap.add_argument("--dry-run", action="store_true", help="validate and print the resolved recipe, then exit")
+    ap.add_argument("--resume", action="store_true", help="method rl: continue runs/<name>/ from its latest state")
+    ap.add_argument("--overwrite", action="store_true", help="method rl: delete an existing runs/<name>/ first")
     ns = ap.parse_args(argv)
     from longcot.config import ConfigError, load_recipe, to_dict
     from longcot.long2short.run import check_recipe
@@ -33,7 +35,11 @@ def run_main(argv: list[str]) -> int:
         return 0
     from longcot.long2short.run import run_long2short
 
-    block = run_long2short(recipe)["long2short"]
+    try:
+        block = run_long2short(recipe, resume=ns.resume, overwrite=ns.overwrite)["long2short"]
+    except ConfigError as e:  # e.g. method rl on an existing run without --resume / --overwrite
+        print(f"longcot long2short: {e}", file=sys.stderr)
+        return 2
     for label in ("long", "short", "result"):
         if block.get(label):
             ev, n = block[label], block[label]["correct_len_mean"]

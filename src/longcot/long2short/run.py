@@ -171,12 +171,13 @@ def method_dpo(s: Session) -> tuple[str, dict]:
 METHOD_RUNNERS = {"merge": method_merge, "shortest_rejection": method_shortest_rejection, "dpo": method_dpo}
 
 
-def run_rl(recipe: Recipe) -> dict:
-    """``longcot train`` from the long model (see :mod:`longcot.long2short.rl`), then the long2short block."""
+def run_rl(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict:
+    """``longcot train`` from the long model (see :mod:`longcot.long2short.rl`), then the long2short block;
+    ``resume``/``overwrite`` as for ``longcot train`` (an existing run is never wiped silently)."""
     from longcot.long2short.rl import rl_recipe
     from longcot.pipeline import train
 
-    summary = train(rl_recipe(recipe))
+    summary = train(rl_recipe(recipe), resume=resume, overwrite=overwrite)
     run = RunDir(Path(recipe.out_dir) / recipe.name)
     run.summary = summary
     ev = summary["eval"]
@@ -188,8 +189,9 @@ def run_rl(recipe: Recipe) -> dict:
     return run.summary
 
 
-def run_long2short(recipe: Recipe) -> dict:
-    """Run the recipe's long2short method; returns the summary (also in ``runs/<name>/summary.json``)."""
+def run_long2short(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict:
+    """Run the recipe's long2short method; returns the summary (also in ``runs/<name>/summary.json``).
+    ``resume``/``overwrite`` apply to method ``rl`` (a training run); the other methods rewrite their run."""
     from longcot.pipeline import seed_everything
 
     check_recipe(recipe)
@@ -197,7 +199,7 @@ def run_long2short(recipe: Recipe) -> dict:
         torch.set_num_threads(recipe.threads)
     seed_everything(recipe.seed)
     if recipe.long2short.method == "rl":
-        return run_rl(recipe)
+        return run_rl(recipe, resume, overwrite)
     run = RunDir(Path(recipe.out_dir) / recipe.name)
     run.write_config(recipe)
     s = Session(recipe, run)

@@ -25,8 +25,9 @@ def train_main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="longcot train", description="Run a training recipe.")
     ap.add_argument("recipe", help="path to a recipe YAML (recipes/tiny/arith-moe.yaml)")
     ap.add_argument("overrides", nargs="*", help="key=value overrides, e.g. rl.steps=10 seed=1")
-    ap.add_argument("--dry-run", action="store_true", help="validate and print the resolved recipe, then exit")
-    ns = ap.parse_args(argv)
+    ap.add_argument("--dry-run", action="store_true",
+                    help="validate, print the resolved recipe and the plan (memory, tokens, data mapping), then exit")
+    ns = ap.parse_intermixed_args(argv)  # --dry-run may come before or after the overrides
     from longcot.config import ConfigError, load_recipe, to_dict
 
     try:
@@ -38,12 +39,21 @@ def train_main(argv: list[str]) -> int:
         import yaml
 
         print(yaml.safe_dump(to_dict(recipe), sort_keys=False))
-        return 0
-    from longcot.pipeline import train
+        from longcot.plan import dry_run
 
-    summary = train(recipe)
+        return dry_run(recipe)
+    from longcot.data.columns import ColumnError
+    from longcot.data.sft_data import SFTDataError
+    from longcot.pipeline import train
+    from longcot.run.trackers import TrackerError
+
+    try:
+        summary = train(recipe)
+    except (ColumnError, SFTDataError, TrackerError) as e:  # bad data mapping, no SFT target, tracker missing
+        print(f"longcot train: {e}", file=sys.stderr)
+        return 2
     ev = summary.get("eval", {})
-    for stage in ("after_sft", "after_rl"):
+    for stage in ("initial", "after_sft", "after_rl"):
         if stage in ev:
             print(f"{stage}: accuracy {ev[stage]['accuracy']:.3f} (n={ev[stage]['n']})")
     print(f"run directory: {recipe.out_dir}/{recipe.name}")

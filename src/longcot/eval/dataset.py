@@ -15,7 +15,8 @@ def load_problems(cfg: DatasetConfig) -> list[dict]:
     """Rows with ``id``/``problem``/``answer`` (column mapping applied); duplicate ids are errors."""
     if not cfg.source:
         raise ValueError("eval: dataset.source is empty (a hub name or a .jsonl/.json/.parquet file)")
-    rows = load_rows(cfg.source, split=cfg.split, columns=cfg.columns, limit=cfg.limit)
+    rows = load_rows(cfg.source, split=cfg.split, columns=cfg.columns, limit=cfg.limit, require=("prompt", "answer"),
+                     key="dataset.columns")
     seen: set[str] = set()
     for i, row in enumerate(rows):
         row["answer"] = str(row["answer"])

@@ -18,6 +18,10 @@ class RunDir:
         self.root.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.root / "metrics.jsonl"
         self.summary: dict = {}
+        self.trackers = None  # longcot.run.trackers.Trackers when the recipe sets tracking.log_with
+
+    def write_json(self, name: str, data: dict) -> None:
+        (self.root / name).write_text(json.dumps(data, indent=2))
 
     def write_config(self, recipe: Recipe) -> None:
         (self.root / "config.yaml").write_text(yaml.safe_dump(to_dict(recipe), sort_keys=False))
@@ -25,6 +29,8 @@ class RunDir:
     def log_metrics(self, row: dict) -> None:
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(row) + "\n")
+        if self.trackers is not None:
+            self.trackers.log(row)
 
     def update_summary(self, **parts) -> None:
         for k, v in parts.items():

@@ -1,0 +1,63 @@
+"""Held-out rows of a dataset task: from their own source or split, or a seeded random fraction.
+
+Never the head of the training file: a file's first rows are often its easiest or one source's, and "the first
+10%" silently changes when the file does. The choice is recorded (``split.json`` in the run directory) with
+the held-out ids, and problems that also appear in training are counted and reported.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+
+from longcot.data.sources import load_rows
+
+log = logging.getLogger(__name__)
+
+
+def _problem_key(row: dict) -> str:
+    return " ".join(str(row.get("problem", "")).split())
+
+
+def dataset_split(cfg, eval_cfg, needs: tuple[str, ...]) -> tuple[list[dict], list[dict], dict]:
+    """(train, heldout, info) for ``data.task: dataset`` (``cfg`` = the data section, ``eval_cfg`` = eval)."""
+    if not cfg.source:
+        raise ValueError("data.task=dataset needs data.source (hub name, .jsonl or .parquet path)")
+    rows = load_rows(cfg.source, cfg.split, cfg.columns, require=needs, key="data.columns")
+    train_info = {"source": cfg.source, "split": cfg.split}
+    if eval_cfg is not None and (eval_cfg.source or eval_cfg.split):
+        source = eval_cfg.source or cfg.source
+        split = eval_cfg.split or ("train" if eval_cfg.source else cfg.split)
+        if source == cfg.source and split == cfg.split:
+            raise ValueError(f"eval.source/eval.split name the training data itself ({source}, split {split}): "
+                             "held-out rows would be training rows; give another split or file, or leave both "
+                             "empty for a random eval.fraction of the training source")
+        columns = eval_cfg.columns or cfg.columns
+        heldout = load_rows(source, split, columns, require=needs,
+                            key="eval.columns" if eval_cfg.columns else "data.columns")
+        train = rows
+        info = {"how": "eval.source" if eval_cfg.source else "eval.split", "source": source, "split": split}
+    else:
+        fraction = eval_cfg.fraction if eval_cfg is not None else 0.1
+        n_held = min(cfg.num_heldout, math.floor(fraction * len(rows)))
+        if n_held < 1 or n_held >= len(rows):
+            raise ValueError(f"{cfg.source}: {len(rows)} rows, eval.fraction={fraction} and data.num_heldout="
+                             f"{cfg.num_heldout} leave {n_held} held-out rows; need at least 1 and a training row "
+                             "(or give eval.source / eval.split)")
+        chosen = set(random.Random(f"heldout-{cfg.seed}").sample(range(len(rows)), n_held))
+        heldout = [r for i, r in enumerate(rows) if i in chosen]
+        train = [r for i, r in enumerate(rows) if i not in chosen]
+        info = {"how": "fraction", "source": cfg.source, "split": cfg.split, "fraction": fraction,
+                "max_rows": cfg.num_heldout, "seed": cfg.seed}
+    ids = [r["id"] for r in heldout]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"held-out rows of {info['source']} have duplicate ids: map data.columns.id (or "
+                         "eval.columns.id) to a unique column")
+    seen = {_problem_key(r) for r in train}
+    overlap = sum(_problem_key(r) in seen for r in heldout if _problem_key(r))
+    if overlap:
+        log.warning("%d of %d held-out problems also appear in the training data (%s): held-out accuracy "
+                    "overstates generalisation", overlap, len(heldout), cfg.source)
+    info.update(rows=len(heldout), overlap_with_train=overlap, ids=ids)
+    return train, heldout, {"heldout": info, "train": {**train_info, "rows": len(train)}}

@@ -60,7 +60,7 @@ def test_dry_run_of_each_real_recipe_prints_its_memory_plan(recipe, capsys):
     assert cli_main(["train", str(ROOT / recipe), "--dry-run", *REAL[recipe]]) == 0
     out = capsys.readouterr().out
     for line in ("plan: ", "parameters ", "trainer memory per device", "weights", "gradients", "optimizer",
-                 "activations", "KV room: 80 GB", "tokens per step: ", "train: ", "held-out: ", "gold: math reward"):
+                 "activations", "KV room: 80 GiB", "tokens per step: ", "train: ", "held-out: ", "gold: math reward"):
         assert line in out, line
     assert "(ok)" in out and "FAILS" not in out
 
@@ -97,3 +97,11 @@ def test_a_hub_model_without_config_offline_says_how_to_plan_it(monkeypatch, tmp
     recipe = load_recipe(ROOT / "recipes/qwen3-4b/deepscaler.yaml")
     with pytest.raises(ModelConfigError, match="huggingface-cli download Qwen/Qwen3-4B config.json.*model.config="):
         find_model_config(recipe.model)
+
+
+@pytest.mark.parametrize("recipe", ["recipes/tiny/arith-moe.yaml", "recipes/tiny/code-moe.yaml"])
+def test_dry_run_of_the_tiny_recipes_measures_prompts_with_the_built_tokenizer(recipe, capsys):
+    assert cli_main(["train", str(ROOT / recipe), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "(first training row, measured)" in out and "hardware.memory_gb unset; on CPU" in out
+    assert "prompt as the model sees it: 'Q: " in out and "train: synthetic task" in out

@@ -107,7 +107,10 @@ def train(recipe: Recipe) -> dict:
         from longcot.data.sft_data import sft_rows
 
         sft_data = sft_rows(recipe, task)
-    run.trackers = start_trackers(recipe, run)
+    if recipe.tracking.log_with != "none":  # a tracker that is not installed fails now, not after SFT
+        from longcot.run.trackers import check_available
+
+        check_available(recipe.tracking.log_with)
     policy_path = prepare_model(recipe, run)
     tokenizer = load_tokenizer(policy_path)
     model = load_policy(policy_path, recipe.model.dtype)
@@ -121,6 +124,7 @@ def train(recipe: Recipe) -> dict:
     engine = build_engine(recipe.rollout.engine, policy_path, tokenizer, max_model_len=max_len, seed=recipe.seed,
                           **recipe.rollout.engine_options)
     engine = agents.wrap_engine(engine, recipe, tokenizer, run.root / "agents", policy_path)  # as is unless enabled
+    run.trackers = start_trackers(recipe, run)
     try:
         before = heldout_eval(engine, tokenizer, task, recipe, run.root / "eval" / first)
         run.update_summary(eval={first: before})

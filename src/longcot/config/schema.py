@@ -227,7 +227,7 @@ class HardwareConfig:
 
     name: str = ""  # e.g. "8x H100 80GB"
     devices: int = 1  # accelerators (GPUs) in the job
-    memory_gb: float = 0.0  # memory per device; 0: unknown (the plan prints needs, not fit)
+    memory_gb: float = 0.0  # memory per device in GiB (an "80GB" H100 has 79.6); 0: unknown (needs, not fit)
 
 
 @dataclass

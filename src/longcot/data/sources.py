@@ -28,7 +28,12 @@ def _dataset(source: str, split: str, streaming: bool = False):
             raise FileNotFoundError(f"dataset file not found: {source}")
         return datasets.load_dataset(LOCAL_SUFFIXES[path.suffix], data_files=str(path), split="train",
                                      streaming=streaming)
-    return datasets.load_dataset(source, split=split, streaming=streaming)
+    try:
+        return datasets.load_dataset(source, split=split, streaming=streaming)
+    except Exception as e:  # noqa: BLE001 - offline, a typo, a private set, a wrong split: one message with the fix
+        raise FileNotFoundError(f"dataset '{source}' (split {split}) could not be loaded: {e}. A hub name needs the "
+                                "network or the Hugging Face cache; offline, point the source at a local .jsonl, "
+                                ".json or .parquet copy") from e
 
 
 def first_raw_row(source: str, split: str = "train") -> dict:

@@ -20,22 +20,30 @@ def _problem_key(row: dict) -> str:
     return " ".join(str(row.get("problem", "")).split())
 
 
+def heldout_source(cfg, eval_cfg) -> tuple[str, str, dict, str] | None:
+    """(source, split, column mapping, its recipe key) of the held-out rows when the recipe names them (eval.source
+    and/or eval.split), else None (a random fraction of the training rows)."""
+    if eval_cfg is None or not (eval_cfg.source or eval_cfg.split):
+        return None
+    source = eval_cfg.source or cfg.source
+    split = eval_cfg.split or ("train" if eval_cfg.source else cfg.split)
+    return source, split, eval_cfg.columns or cfg.columns, "eval.columns" if eval_cfg.columns else "data.columns"
+
+
 def dataset_split(cfg, eval_cfg, needs: tuple[str, ...]) -> tuple[list[dict], list[dict], dict]:
     """(train, heldout, info) for ``data.task: dataset`` (``cfg`` = the data section, ``eval_cfg`` = eval)."""
     if not cfg.source:
         raise ValueError("data.task=dataset needs data.source (hub name, .jsonl or .parquet path)")
     rows = load_rows(cfg.source, cfg.split, cfg.columns, require=needs, key="data.columns")
     train_info = {"source": cfg.source, "split": cfg.split}
-    if eval_cfg is not None and (eval_cfg.source or eval_cfg.split):
-        source = eval_cfg.source or cfg.source
-        split = eval_cfg.split or ("train" if eval_cfg.source else cfg.split)
+    named = heldout_source(cfg, eval_cfg)
+    if named is not None:
+        source, split, columns, key = named
         if source == cfg.source and split == cfg.split:
             raise ValueError(f"eval.source/eval.split name the training data itself ({source}, split {split}): "
                              "held-out rows would be training rows; give another split or file, or leave both "
                              "empty for a random eval.fraction of the training source")
-        columns = eval_cfg.columns or cfg.columns
-        heldout = load_rows(source, split, columns, require=needs,
-                            key="eval.columns" if eval_cfg.columns else "data.columns")
+        heldout = load_rows(source, split, columns, require=needs, key=key)
         train = rows
         info = {"how": "eval.source" if eval_cfg.source else "eval.split", "source": source, "split": split}
     else:

@@ -82,7 +82,7 @@ def dry_run(recipe) -> int:
 
 
 def _gb(x: float | None) -> str:
-    return "?" if x is None else f"{x / GB:,.1f} GB" if x >= 0.1 * GB else f"{x / 1024**2:,.1f} MB"
+    return "?" if x is None else f"{x / GB:,.1f} GiB" if x >= 0.1 * GB else f"{x / 1024**2:,.1f} MiB"
 
 
 def _b(n: float) -> str:
@@ -92,7 +92,7 @@ def _b(n: float) -> str:
 def _lines(p: Plan) -> list[str]:
     r, s = p.recipe, p.shape
     hw = r.hardware
-    hw_text = hw.name or (f"{hw.devices} device(s) x {hw.memory_gb:g} GB" if hw.memory_gb else "not stated")
+    hw_text = hw.name or (f"{hw.devices} device(s) x {hw.memory_gb:g} GiB" if hw.memory_gb else "not stated")
     moe = f", {s.experts} experts top-{s.experts_per_token} in {s.moe_layers} layers" if s.experts else ""
     out = [f"plan: {r.name} (hardware: {hw_text})",
            f"model: {r.model.path or 'tiny MoE'} [{p.architecture}] config from {p.config_from}",
@@ -127,7 +127,7 @@ def _trainer_lines(p: Plan) -> list[str]:
     if r.hardware.memory_gb:
         cap = r.hardware.memory_gb * GB
         engine = _engine_share(r) * cap
-        out.append(f"  fits in {r.hardware.memory_gb:g} GB next to the engine's {_gb(engine)} (the local backend "
+        out.append(f"  fits in {r.hardware.memory_gb:g} GiB next to the engine's {_gb(engine)} (the local backend "
                    "shares each device): " + ", ".join(f"{name} {'yes' if m.total + engine <= cap else 'NO'}"
                                                        for (name, _), m in zip(cols, mems, strict=True)))
     return out
@@ -166,9 +166,9 @@ def _engine_lines(p: Plan) -> list[str]:
 
         cpu_kv = float(os.environ.get("VLLM_CPU_KVCACHE_SPACE", "4")) * GB
         tokens = int(cpu_kv // e.kv_bytes_per_token)
-        room = f"  KV room: hardware.memory_gb unset; on CPU VLLM_CPU_KVCACHE_SPACE={cpu_kv / GB:g} GB holds"
+        room = f"  KV room: hardware.memory_gb unset; on CPU VLLM_CPU_KVCACHE_SPACE={cpu_kv / GB:g} GiB holds"
     else:
-        room = f"  KV room: {r.hardware.memory_gb:g} GB x gpu_memory_utilization {util} - weights = {_gb(e.kv_room)}:"
+        room = f"  KV room: {r.hardware.memory_gb:g} GiB x gpu_memory_utilization {util} - weights = {_gb(e.kv_room)}:"
     return [line, f"{room} {tokens:,} tokens = {tokens // max(p.trace_tokens, 1):,} sequences of {p.trace_tokens} "
                   f"tokens at once (a step has {r.rl.prompts_per_step * r.rollout.n})"]
 

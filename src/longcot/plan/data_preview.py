@@ -15,6 +15,7 @@ from longcot.data import GOLD_FIELDS, needed_fields
 from longcot.data.columns import map_row
 from longcot.data.sft_data import TARGET_FIELDS, SFTDataError
 from longcot.data.sources import first_raw_row, require_fields
+from longcot.data.split import heldout_source
 from longcot.data.templates import PromptFormat, conversation, render_prompt
 
 
@@ -94,11 +95,11 @@ def preview_sources(recipe) -> tuple[list[SourcePreview], object]:
     if d.task == "dataset":
         out.append(preview_row("train", d.source, first_raw_row(d.source, d.split), d.columns, "data.columns", needs,
                                fmt, tok, e.grader))
-        if e.source or e.split:
-            source, split = e.source or d.source, e.split or ("train" if e.source else d.split)
-            key = "eval.columns" if e.columns else "data.columns"
-            out.append(preview_row("held-out", f"{source} (split {split})", first_raw_row(source, split),
-                                   e.columns or d.columns, key, needs, fmt, tok, e.grader))
+        named = heldout_source(d, e)
+        if named is not None:
+            source, split, columns, key = named
+            out.append(preview_row("held-out", f"{source} (split {split})", first_raw_row(source, split), columns,
+                                   key, needs, fmt, tok, e.grader))
     else:
         from longcot.data import build_task
 

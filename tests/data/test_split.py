@@ -77,3 +77,25 @@ def test_sft_source_with_its_own_mapping(tmp_path):
                                 "sft.columns={messages: messages}"])
     rows = sft_rows(recipe, build_task(recipe.data, recipe.eval))
     assert len(rows) == 5 and "solution" not in rows[0] and rows[0]["messages"][1]["role"] == "assistant"
+
+
+def test_sft_rows_that_are_held_out_problems_are_reported(tmp_path, caplog):
+    src = _jsonl(tmp_path / "p.jsonl", 20)
+    worked = tmp_path / "w.jsonl"
+    worked.write_text("".join(json.dumps({"problem": f"{i}+1=?", "solution": f"\\boxed{{{i + 1}}}"}) + "\n"
+                              for i in range(20)))  # every problem of the source, held-out ones included
+    recipe = load_recipe(None, ["data.task=dataset", f"data.source={src}", f"sft.source={worked}", "eval.fraction=0.2"])
+    sft_rows(recipe, build_task(recipe.data, recipe.eval))
+    assert "4 SFT rows of sft.source" in caplog.text and "overstates generalisation" in caplog.text
+
+
+def test_a_random_fraction_keeps_repeats_of_held_out_problems_out_of_training(tmp_path):
+    src = tmp_path / "rep.jsonl"
+    src.write_text("".join(json.dumps({"problem": f"{i % 10}+1=?", "answer": str(i % 10 + 1)}) + "\n"
+                           for i in range(40)))  # 10 problems, 4 copies each
+    task = build_task(DataConfig(task="dataset", source=str(src)), EvalConfig(fraction=0.1))
+    held = {r["problem"] for r in task.heldout}
+    assert len(task.heldout) == 4 and not held & {r["problem"] for r in task.train}
+    info = task.split["heldout"]
+    assert info["overlap_with_train"] == 0 and info["train_rows_dropped_as_repeats"] == 40 - 4 - len(task.train)
+    assert len(task.train) == 40 - 4 * len(held)

@@ -9,11 +9,15 @@ model is loaded, saying what to map.
 
 from __future__ import annotations
 
+import logging
+
 from longcot.data.columns import last_user_text, preview
 from longcot.data.sources import load_rows
+from longcot.data.split import problem_key
 from longcot.data.templates import render_chat
 
 TARGET_FIELDS = ("solution", "messages")
+log = logging.getLogger(__name__)
 
 
 class SFTDataError(ValueError):
@@ -33,6 +37,7 @@ def sft_rows(recipe, task) -> list[dict]:
     mapping = sft.columns if sft.source else recipe.data.columns
     if "messages" in mapping and "solution" not in mapping:  # a mapped conversation wins over a same-named column
         rows = [{k: v for k, v in r.items() if k != "solution"} for r in rows]
+    _warn_heldout_overlap(rows, task.heldout, where)
     if task.sft_pairs is None:
         missing = next((i for i, r in enumerate(rows) if not any(f in r for f in TARGET_FIELDS)), None)
         if missing is not None:
@@ -43,6 +48,15 @@ def sft_rows(recipe, task) -> list[dict]:
                 f"sft.columns.messages=<path>; give SFT its own data with sft.source=FILE; or set sft.enabled=false "
                 f"(then RL starts from the model as it is). Columns: {', '.join(sorted(row))}; row: {preview(row)}")
     return rows
+
+
+def _warn_heldout_overlap(rows: list[dict], heldout: list[dict], where: str) -> None:
+    """SFT on a held-out problem's solution makes the held-out accuracy a memory test: count and say so."""
+    held = {problem_key(r) for r in heldout} - {""}
+    overlap = sum(problem_key(r) in held for r in rows)
+    if overlap:
+        log.warning("%d SFT rows of %s are held-out problems: held-out accuracy after SFT overstates "
+                    "generalisation (give SFT data without them, or held-out data from eval.source)", overlap, where)
 
 
 def sft_pairs(rows: list[dict], task, tokenizer) -> list[tuple[str, str]]:

@@ -1,8 +1,9 @@
 """Held-out rows of a dataset task: from their own source or split, or a seeded random fraction.
 
 Never the head of the training file: a file's first rows are often its easiest or one source's, and "the first
-10%" silently changes when the file does. The choice is recorded (``split.json`` in the run directory) with
-the held-out ids, and problems that also appear in training are counted and reported.
+10%" silently changes when the file does. A random fraction also keeps every copy of a held-out problem out of
+training (files repeat problems). The choice is recorded (``split.json`` in the run directory) with the held-out
+ids, and held-out problems that also appear in training (from a separate eval source) are counted and reported.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from longcot.data.sources import load_rows
 log = logging.getLogger(__name__)
 
 
-def _problem_key(row: dict) -> str:
+def problem_key(row: dict) -> str:
+    """A row's problem text with whitespace normalised: how repeats and held-out overlaps are recognised."""
     return " ".join(str(row.get("problem", "")).split())
 
 
@@ -55,15 +57,21 @@ def dataset_split(cfg, eval_cfg, needs: tuple[str, ...]) -> tuple[list[dict], li
                              "(or give eval.source / eval.split)")
         chosen = set(random.Random(f"heldout-{cfg.seed}").sample(range(len(rows)), n_held))
         heldout = [r for i, r in enumerate(rows) if i in chosen]
-        train = [r for i, r in enumerate(rows) if i not in chosen]
+        held_keys = {problem_key(r) for r in heldout} - {""}
+        # a file that repeats a problem would otherwise put its copies on both sides of the split
+        train = [r for i, r in enumerate(rows) if i not in chosen and problem_key(r) not in held_keys]
+        dropped = len(rows) - len(heldout) - len(train)
+        if dropped:
+            log.info("%s: %d training rows repeat a held-out problem and are left out of training", cfg.source,
+                     dropped)
         info = {"how": "fraction", "source": cfg.source, "split": cfg.split, "fraction": fraction,
-                "max_rows": cfg.num_heldout, "seed": cfg.seed}
+                "max_rows": cfg.num_heldout, "seed": cfg.seed, "train_rows_dropped_as_repeats": dropped}
     ids = [r["id"] for r in heldout]
     if len(set(ids)) != len(ids):
         raise ValueError(f"held-out rows of {info['source']} have duplicate ids: map data.columns.id (or "
                          "eval.columns.id) to a unique column")
-    seen = {_problem_key(r) for r in train}
-    overlap = sum(_problem_key(r) in seen for r in heldout if _problem_key(r))
+    seen = {problem_key(r) for r in train}
+    overlap = sum(problem_key(r) in seen for r in heldout if problem_key(r))
     if overlap:
         log.warning("%d of %d held-out problems also appear in the training data (%s): held-out accuracy "
                     "overstates generalisation", overlap, len(heldout), cfg.source)

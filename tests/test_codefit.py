@@ -1,13 +1,15 @@
 """The tiny code task: deterministic, disjoint splits; the teacher's clean programs pass their hidden tests through the
 real code reward and slipped ones fail; every character fits the tiny tokenizer; rows export as a code dataset."""
 
+import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 
 from longcot.config import DataConfig
 from longcot.data import build_task
-from longcot.data.codefit import CodeFitSpec, make_codefit_split
+from longcot.data.codefit import CodeFitSpec, make_codefit_split, program
 from longcot.data.export import main as export_main
 from longcot.data.sources import load_rows
 from longcot.policies.build import build_tokenizer
@@ -71,3 +73,22 @@ def test_export_writes_a_code_dataset_the_dataset_task_reads(tmp_path):
     assert {"problem", "tests", "solution", "id"} <= set(first)
     rows = load_rows(str(out), require=("prompt", "tests", "solution"))
     assert len(rows) == 30 and rows[0]["tests"] == first["tests"]
+
+
+def test_the_benchmark_reads_which_numbers_a_program_miscopied(tmp_path):
+    """benchmarks/code_task.py's copy-error count (the figures in docs/data.md) on the teacher's own programs: a
+    clean copy, a slip in each computing line, and a response not in the program's shape."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "code_task.py"
+    spec = importlib.util.spec_from_file_location("code_task_benchmark", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    responses = [program(2, 4, -7, 11, -7),  # f(2)=-7, f(4)=11 copied right
+                 program(2, 4, -7, 12, -7),  # the slope line miscopies y2
+                 program(2, 4, -7, 11, -8),  # the intercept line miscopies y1
+                 "```python\ndef f(x):\n    return 9*x-25\n```"]
+    stage = tmp_path / "eval" / "after_rl"
+    stage.mkdir(parents=True)
+    stage.joinpath("samples.jsonl").write_text("".join(json.dumps({"id": "h0", "response": r}) + "\n"
+                                                       for r in responses))
+    assert bench.copy_errors(tmp_path, "after_rl", {"h0": "f(2)=-7, f(4)=11"}) == {
+        "all_numbers_right": 0.25, "slope_line_miscopied": 0.25, "intercept_line_miscopied": 0.25, "other_shape": 0.25}

@@ -28,14 +28,14 @@ def train_main(argv: list[str]) -> int:
     ap.add_argument("recipe", help="path to a recipe YAML (recipes/tiny/arith-moe.yaml)")
     ap.add_argument("overrides", nargs="*", help="key=value overrides, e.g. rl.steps=10 seed=1")
     ap.add_argument("--dry-run", action="store_true",
-                    help="check everything the recipe names (rewards, losses, data, files, this machine's sandbox) "
-                         "and print the resolved recipe, then exit")
+                    help="check everything the recipe names (rewards, losses, data, files, this machine's sandbox), "
+                         "print the resolved recipe and the plan (memory, tokens, data mapping), then exit")
     ap.add_argument("--reward-module", action="append", default=[], metavar="MODULE",
                     help="import a module of @reward functions first (adds to the recipe's reward_modules)")
     ap.add_argument("--resume", action="store_true",
                     help="continue runs/<name>/ from its latest training state (docs/recipes.md 'Resuming a run')")
     ap.add_argument("--overwrite", action="store_true", help="delete an existing runs/<name>/ and start afresh")
-    ns = ap.parse_args(argv)
+    ns = ap.parse_intermixed_args(argv)  # --dry-run may come before or after the overrides
     from longcot.config import ConfigError, load_recipe, to_dict
     from longcot.config.validate import validate_recipe
     from longcot.errors import InputError
@@ -52,15 +52,20 @@ def train_main(argv: list[str]) -> int:
         import yaml
 
         print(yaml.safe_dump(to_dict(recipe), sort_keys=False))
-        return 0
+        from longcot.plan import dry_run
+
+        return dry_run(recipe)
+    from longcot.data.columns import ColumnError
+    from longcot.data.sft_data import SFTDataError
     from longcot.pipeline import train
     from longcot.run.preemption import Preempted
     from longcot.run.state import StateError
+    from longcot.run.trackers import TrackerError
 
     try:
         summary = train(recipe, resume=ns.resume, overwrite=ns.overwrite)
-    except (ConfigError, StateError) as e:
-        print(f"longcot train: {e}", file=sys.stderr)
+    except (ConfigError, StateError, ColumnError, SFTDataError, TrackerError) as e:  # before work: a bad mapping,
+        print(f"longcot train: {e}", file=sys.stderr)  # no SFT target, a missing tracker, an existing run
         return 2
     except (InputError, RewardError, RewardSetupError) as e:  # bad data rows, a broken reward: no traceback
         print(f"longcot train: {e}", file=sys.stderr)
@@ -71,7 +76,7 @@ def train_main(argv: list[str]) -> int:
         print(f"longcot train: {e}\ncontinue with: {again}", file=sys.stderr)
         return e.exit_code
     ev = summary.get("eval", {})
-    for stage in ("after_sft", "after_rl"):
+    for stage in ("initial", "after_sft", "after_rl"):
         if stage in ev:
             print(f"{stage}: accuracy {ev[stage]['accuracy']:.3f} (n={ev[stage]['n']})")
     print(f"run directory: {recipe.out_dir}/{recipe.name}")

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from longcot import agents
 from longcot.config import Recipe
-from longcot.data import Task, build_task
+from longcot.data import Task, build_task, needed_fields
 from longcot.data.prompts import PromptSource
 from longcot.eval.evaluate import evaluate
 from longcot.eval.grading import make_grader
@@ -39,14 +39,14 @@ def seed_everything(seed: int) -> None:
 
 
 def heldout_eval(engine, tokenizer, task: Task, recipe: Recipe, out_dir: Path) -> dict:
-    """Accuracy (avg@n: mean correctness over ``eval.n`` samples per problem) on the first
-    ``eval.num_problems`` held-out problems; greedy when ``eval.temperature`` is 0."""
+    """Accuracy (avg@n: mean correctness over ``eval.n`` samples per problem, judged by ``eval.grader``) on the
+    first ``eval.num_problems`` held-out problems; greedy when ``eval.temperature`` is 0."""
     rows = task.heldout[: recipe.eval.num_problems]
     prompts = [task.prompt(r, tokenizer) for r in rows]
     n = recipe.eval.n if recipe.eval.temperature > 0 else 1
     sampling = SamplingConfig(n=n, temperature=recipe.eval.temperature, max_tokens=recipe.eval.max_tokens,
                               seed=recipe.seed, logprobs=False)
-    summary = evaluate(engine, tokenizer, prompts, sampling, make_grader("math"), out_dir, ks=[1])
+    summary = evaluate(engine, tokenizer, prompts, sampling, make_grader(recipe.eval.grader), out_dir, ks=[1])
     m = summary["metrics"]
     return {"accuracy": m[f"avg@{n}"], "n": len(rows), "samples_per_problem": n, "temperature": sampling.temperature,
             "response_len_mean": m.get("length/mean"), "correct_len_mean": m.get("length/correct_mean"),
@@ -64,14 +64,12 @@ def prepare_model(recipe: Recipe, run: RunDir) -> str:
     return str(path)
 
 
-def run_sft_stage(recipe: Recipe, model, tokenizer, task: Task, run: RunDir) -> str:
+def run_sft_stage(recipe: Recipe, model, tokenizer, task: Task, run: RunDir, rows: list[dict] | None = None) -> str:
+    """SFT on ``rows`` (default: :func:`~longcot.data.sft_data.sft_rows`, checked before any model loads)."""
+    from longcot.data.sft_data import sft_pairs, sft_rows
     from longcot.rl.sft import run_sft
 
-    rows = task.train[: recipe.sft.num_examples]
-    if task.sft_pairs is not None:  # tasks with several pairs per row (compound: orchestrator turns, sub-agents)
-        pairs = task.sft_pairs(rows, tokenizer)
-    else:
-        pairs = [(task.prompt(r, tokenizer).prompt_text, r["solution"]) for r in rows]
+    pairs = sft_pairs(sft_rows(recipe, task) if rows is None else rows, task, tokenizer)
     from longcot.rl.strategy import resolve_device, resolve_precision
 
     out = run.checkpoint("sft")
@@ -100,29 +98,43 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict
     seed_everything(recipe.seed)
     run, state = open_run(recipe, resume, overwrite)
     run.write_config(recipe)
+    # data first: a wrong column path or a missing SFT target fails before a model is built or loaded
+    task = build_task(recipe.data, recipe.eval, needed_fields(recipe.rewards, recipe.eval.grader))
+    run.write_json("split.json", task.split)
+    sft_data = None
+    if recipe.sft.enabled:
+        from longcot.data.sft_data import sft_rows
+
+        sft_data = sft_rows(recipe, task)
+    if recipe.tracking.log_with != "none":  # a tracker that is not installed fails now, not after SFT
+        from longcot.run.trackers import check_available
+
+        check_available(recipe.tracking.log_with)
     policy_path = prepare_model(recipe, run)
     tokenizer = load_tokenizer(policy_path)
-    task = build_task(recipe.data)
+    model = load_policy(policy_path, recipe.model.dtype)  # (the SFT checkpoint on resume: below)
     run.update_summary(run={"name": recipe.name, "seed": recipe.seed, "policy": policy_path,
                             "train_problems": len(task.train), "heldout_problems": len(task.heldout),
                             "skipped_no_answer": task.skipped_no_answer})
     if recipe.sft.enabled and "sft" in run.summary:
         policy_path = str(run.checkpoint("sft"))
         log.info("SFT already finished in this run: continuing from %s", policy_path)
-    model = load_policy(policy_path, recipe.model.dtype)
-    if recipe.sft.enabled and "sft" not in run.summary:
-        policy_path = run_sft_stage(recipe, model, tokenizer, task, run)
+        model = load_policy(policy_path, recipe.model.dtype)
+    elif recipe.sft.enabled:
+        policy_path = run_sft_stage(recipe, model, tokenizer, task, run, sft_data)
+    first = "after_sft" if recipe.sft.enabled else "initial"  # the summary key and log label of the first eval
     max_len = max(recipe.rollout.max_model_len, longest_prompt(task, tokenizer)
                   + max(recipe.rollout.max_tokens, recipe.eval.max_tokens))
     # local: the engine in this process; ray: rollout workers (and, for RL, a trainer) as Ray actors (docs/cluster.md)
     runtime = make_runtime(recipe, run.root, policy_path, tokenizer, max_len, engine_options(recipe, model))
     engine = runtime.engine
     trainer = None
+    run.trackers = start_trackers(recipe, run)
     try:
-        if "after_sft" not in run.summary.get("eval", {}):
-            after_sft = heldout_eval(engine, tokenizer, task, recipe, run.root / "eval" / "after_sft")
-            run.update_summary(eval={"after_sft": after_sft})
-        log.info("held-out accuracy after SFT: %.3f", run.summary["eval"]["after_sft"]["accuracy"])
+        if first not in run.summary.get("eval", {}):
+            run.update_summary(eval={first: heldout_eval(engine, tokenizer, task, recipe, run.root / "eval" / first)})
+        log.info("held-out accuracy %s: %.3f", "after SFT" if recipe.sft.enabled else "of the initial policy (SFT off)",
+                 run.summary["eval"][first]["accuracy"])
         if recipe.rl.enabled and recipe.rl.steps > 0:
             prompts = PromptSource(recipe, task, tokenizer)
             trainer = runtime.rl_trainer(model, prompts.next_prompts, prompts.on_results)
@@ -136,6 +148,8 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict
         if trainer is not None and hasattr(trainer.learner, "close"):
             trainer.learner.close()  # stops the trainer ranks this process started (trainer.ranks > 1)
         runtime.shutdown()
+        if run.trackers is not None:
+            run.trackers.finish()
     from longcot.report import plot_curves
 
     plot_curves(run.metrics_path, run.root / "curves.png")
@@ -144,6 +158,16 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict
 
         plot_agent_curves(run.root)  # agents/curves.png: sub-agents, critical path, PARL reward terms
     return run.summary
+
+
+def start_trackers(recipe: Recipe, run: RunDir):
+    """The recipe's experiment tracker (``tracking.log_with``), or None."""
+    if recipe.tracking.log_with == "none":
+        return None
+    from longcot.config import to_dict
+    from longcot.run.trackers import Trackers
+
+    return Trackers(recipe.tracking, recipe.name, run.root, config=to_dict(recipe))
 
 
 def engine_options(recipe: Recipe, model) -> dict:
@@ -169,14 +193,20 @@ def longest_prompt(task: Task, tokenizer) -> int:
 
 def rl_loop(trainer, recipe: Recipe, run: RunDir, task: Task, tokenizer, prompts: PromptSource,
             start: int = 0) -> int:
-    """RL steps ``start`` .. ``rl.steps - 1`` with a progress bar, metrics rows, periodic eval and training
-    states (every ``rl.checkpoint_every`` steps, at the end, and on SIGTERM/Ctrl-C). Returns the steps run."""
+    """RL steps ``start`` .. ``rl.steps - 1`` with a progress bar, metrics rows, periodic eval, tracker samples,
+    zero-signal warnings and training states (every ``rl.checkpoint_every`` steps, at the end, and on
+    SIGTERM/Ctrl-C). Returns the steps run."""
+    from longcot.rl.zero_signal import ZeroSignalWatch
+
+    watch = ZeroSignalWatch(reward_names=[r.name for r in recipe.rewards])
     steps = recipe.rl.steps
     bar = tqdm(range(start, steps), initial=start, total=steps, desc="rl", unit="step", dynamic_ncols=True,
                disable=os.environ.get("LONGCOT_NO_PROGRESS") == "1")
     with StopOnSignal() as stop:
         for step in bar:
-            row, _ = trainer.step(step)
+            row, trajs = trainer.step(step)
+            if watch.observe(step, row, trajs):
+                run.update_summary(warnings=watch.warnings)
             if recipe.eval.every and (step + 1) % recipe.eval.every == 0 and step + 1 < steps:
                 engine = getattr(trainer.engine, "inner", trainer.engine)  # eval bypasses partial rollouts
                 t_eval = time.perf_counter()
@@ -187,6 +217,8 @@ def rl_loop(trainer, recipe: Recipe, run: RunDir, task: Task, tokenizer, prompts
                 row["time/eval"] = time.perf_counter() - t_eval
                 row["step_seconds"] += row["time/eval"]
             run.log_metrics(row)
+            if run.trackers is not None and run.trackers.wants_samples(step):
+                run.trackers.log_samples(step, trajs)
             bar.set_postfix(reward=f"{row['reward_mean']:.3f}", acc=f"{row['accuracy']:.3f}",
                             len=f"{row['response_len_mean']:.0f}")
             every = recipe.rl.checkpoint_every

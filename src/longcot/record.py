@@ -9,9 +9,10 @@ list of them into tensors. Nothing else is passed between the stages.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
+if TYPE_CHECKING:  # the sandboxed code reward imports this module under a system Python without numpy
+    import numpy as np
 
 Finish = Literal["stop", "length", "budget", "repeat"]
 

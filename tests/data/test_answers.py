@@ -21,7 +21,7 @@ def test_a_training_row_without_answer_is_an_error_or_a_counted_skip(tmp_path):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(InputError, match=r"row 7 \(id '7'\) has no gold answer .*2 of 20 rows lack one.*"
                                          r"data.skip_missing_answers=true"):
-        build_task(_recipe(path).data)
-    task = build_task(_recipe(path, "data.skip_missing_answers=true").data)
+        build_task(_recipe(path).data, needs=("prompt", "answer"))
+    task = build_task(_recipe(path, "data.skip_missing_answers=true").data, needs=("prompt", "answer"))
     assert task.skipped_no_answer == 2 and len(task.train) + len(task.heldout) == 18
     assert all(r["answer"].strip() for r in task.train + task.heldout)

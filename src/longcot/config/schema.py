@@ -19,15 +19,22 @@ class ModelConfig:
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     build_seed: int = 0  # init seed of the tiny model when path is empty
     build_overrides: dict[str, Any] = field(default_factory=dict)  # Qwen3MoeConfig fields for the tiny model
+    # --dry-run's memory plan reads the model's config.json: from `path` when it is a local directory or in the
+    # HF cache, else from this file (a hub model planned offline, e.g. tests/data/configs/qwen3-30b-a3b.json)
+    config: str = ""
 
 
 @dataclass
 class DataConfig:
-    task: str = "arith"  # "arith" (synthetic) or "dataset" (hub name / jsonl / parquet in `source`)
+    task: str = "arith"  # "arith", "codefit" (synthetic) or "dataset" (hub name / jsonl / parquet in `source`)
     source: str = ""
     split: str = "train"
-    columns: dict[str, str] = field(default_factory=dict)  # {"problem": "question", "answer": "solution", "id": ...}
+    # standard field -> dotted column path (docs/data.md): {"prompt": "prompt", "answer": "reward_model.ground_truth"}
+    columns: dict[str, str] = field(default_factory=dict)
     template: str = "{problem}\n"  # prompt template; "chat" uses the tokenizer's chat template
+    system_prompt: str = ""  # chat template only: a system turn before each prompt
+    user_template: str = "{problem}"  # chat template only: the user turn of a row without a message-list prompt
+    chat_template_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. {enable_thinking: false} (Qwen3)
     # synthetic arithmetic task (longcot.data.arith)
     min_ops: int = 1
     max_ops: int = 3
@@ -37,7 +44,7 @@ class DataConfig:
     slip_prob: float = 0.0  # imperfect teacher: chance of an arithmetic slip per solver step (SFT traces)
     ops: str = "+-*"  # operators the arithmetic problems use
     num_train: int = 20000
-    num_heldout: int = 256
+    num_heldout: int = 256  # synthetic tasks: held-out problems; datasets: the most a random eval.fraction takes
     seed: int = 0
     sampler: str = "uniform"
     sampler_options: dict[str, Any] = field(default_factory=dict)
@@ -84,6 +91,11 @@ class RolloutCorrectionConfig:
 @dataclass
 class SFTConfig:
     enabled: bool = True
+    # SFT data: empty = the training rows (their `solution`); or its own source with its own column mapping, whose
+    # rows need `solution` (a worked solution) or `messages` (a conversation ending with the assistant's turn)
+    source: str = ""
+    split: str = "train"
+    columns: dict[str, str] = field(default_factory=dict)
     num_examples: int = 4000
     epochs: float = 1.0
     lr: float = 3e-3
@@ -216,6 +228,13 @@ class TrainerConfig:
 @dataclass
 class EvalConfig:
     num_problems: int = 256  # held-out problems (<= data.num_heldout)
+    # held-out rows of data.task=dataset: their own source and/or split (columns: default data.columns), else a
+    # random `fraction` of the training source (seed data.seed, at most data.num_heldout rows); see split.json
+    source: str = ""
+    split: str = ""
+    columns: dict[str, str] = field(default_factory=dict)
+    fraction: float = 0.1
+    grader: str = "math"  # the reward that decides "correct" (math: row answer; code: row tests)
     every: int = 0  # also evaluate every N RL steps (0: only after SFT and after RL)
     temperature: float = 0.0  # 0: greedy; > 0: sampled, accuracy = avg@n
     n: int = 1  # samples per problem when sampling
@@ -363,6 +382,32 @@ class ClusterConfig:
 
 
 @dataclass
+class TrackingConfig:
+    """Experiment trackers through accelerate (docs/data.md): the metrics.jsonl scalars plus sample tables."""
+
+    log_with: Literal["none", "tensorboard", "wandb", "mlflow"] = "none"
+    project: str = "longcot"  # wandb project / mlflow experiment name
+    dir: str = ""  # tracker files (tensorboard events, wandb offline runs, mlflow store); empty: <run>/tracking
+    offline: bool = False  # wandb: mode=offline (sync later with `wandb sync`); tensorboard/mlflow write files anyway
+    samples_every: int = 10  # log a table of sample completions every N RL steps (0: never)
+    num_samples: int = 4  # rows in that table
+
+    def __post_init__(self) -> None:
+        if self.samples_every < 0 or self.num_samples < 1:
+            raise ValueError(f"tracking: need samples_every >= 0 and num_samples >= 1 (got {self.samples_every}, "
+                             f"{self.num_samples})")
+
+
+@dataclass
+class HardwareConfig:
+    """The machine a recipe was written for; --dry-run plans memory against it (longcot.plan)."""
+
+    name: str = ""  # e.g. "8x H100 80GB"
+    devices: int = 1  # accelerators (GPUs) in the job
+    memory_gb: float = 0.0  # memory per device in GiB (an "80GB" H100 has 79.6); 0: unknown (needs, not fit)
+
+
+@dataclass
 class Recipe:
     name: str = "run"
     seed: int = 0
@@ -383,6 +428,8 @@ class Recipe:
     agents: AgentsConfig = field(default_factory=AgentsConfig)
     long2short: Long2ShortConfig = field(default_factory=Long2ShortConfig)  # `longcot long2short` (docs/long2short.md)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    hardware: HardwareConfig = field(default_factory=HardwareConfig)
 
     def __post_init__(self) -> None:
         if self.rollout.n < 1 or self.rl.prompts_per_step < 1:
@@ -428,6 +475,8 @@ class Recipe:
         if self.rl.dynamic_sampling and self.partial.enabled:
             raise ValueError("rl.dynamic_sampling and partial.enabled cannot be combined: refill rounds would advance "
                              "the partial-rollout buffer")
-        if self.eval.num_problems > self.data.num_heldout and self.data.task == "arith":
+        if not 0.0 < self.eval.fraction < 1.0:
+            raise ValueError(f"eval.fraction must be in (0, 1), got {self.eval.fraction}")
+        if self.eval.num_problems > self.data.num_heldout and self.data.task in ("arith", "codefit"):
             raise ValueError(f"eval.num_problems ({self.eval.num_problems}) > "
                              f"data.num_heldout ({self.data.num_heldout})")

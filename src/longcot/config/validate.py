@@ -149,9 +149,7 @@ def _check_data(recipe, problems: Problems) -> None:
         if not data.source:
             problems.add("data.source", "data.task=dataset needs data.source (a hub name, .jsonl, .json or .parquet)")
         check_data_file(data.source, "data.source", problems)
-        bad = sorted(set(data.columns) - {"problem", "answer", "id"})
-        if bad:
-            problems.add("data.columns", f"keys must be among problem, answer, id; got {bad}")
+    _check_sources(recipe, problems)
     if data.task == "compound":
         from dataclasses import fields
 
@@ -163,8 +161,12 @@ def _check_data(recipe, problems: Problems) -> None:
                                                    f"valid: {', '.join(sorted(known))}")
         if not set(data.task_options) - known:
             problems.call("data.task_options", CompoundSpec, **{"max_operand": data.max_operand, **data.task_options})
+    elif data.task == "codefit":
+        from longcot.data.codefit import spec_from
+
+        problems.call("data.task_options", spec_from, data)
     elif data.task_options:
-        problems.add("data.task_options", f"task '{data.task}' takes no task_options (only 'compound' does)")
+        problems.add("data.task_options", f"task '{data.task}' takes no task_options (only compound and codefit do)")
     from longcot.data.samplers import SAMPLERS
 
     ok, cls = problems.call("data.sampler", SAMPLERS.get, data.sampler)
@@ -331,3 +333,15 @@ def _check_optimizers(recipe, problems: Problems) -> None:
         if ok:
             problems.call(f"{key}.optimizer_options", check_options, fn, dict(section.optimizer_options),
                           where=f"{key}.optimizer[{section.optimizer}]")
+
+
+def _check_sources(recipe, problems: Problems) -> None:
+    """Column mappings (keys must be standard fields) and the extra sources of held-out and SFT rows."""
+    from longcot.data.columns import check_mapping
+
+    for key, mapping in (("data.columns", recipe.data.columns), ("eval.columns", recipe.eval.columns),
+                         ("sft.columns", recipe.sft.columns)):
+        problems.call(key, check_mapping, mapping, key)
+    for key, source in (("eval.source", recipe.eval.source), ("sft.source", recipe.sft.source)):
+        if source:
+            check_data_file(source, key, problems)

@@ -1,54 +1,77 @@
 """Prompt sources from the ``datasets`` library: a hub name, a jsonl file or a parquet file.
 
-Rows are mapped to longcot's column names (``problem``, ``answer``, ``id``) with a user column mapping,
-so any math dataset works without code (e.g. ``{"problem": "question", "answer": "final_answer"}``).
+Rows are mapped to longcot's standard fields (``problem``/``prompt``, ``answer``, ``tests``, ``solution``,
+``messages``, ``id``) with a column mapping of dotted paths (:mod:`longcot.data.columns`), so a published dataset
+works as it is published, e.g. DAPO-Math-17k with ``{"prompt": "prompt", "answer": "reward_model.ground_truth"}``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
-STANDARD_COLUMNS = ("problem", "answer", "id")
+from longcot.data.columns import ColumnError, check_mapping, map_row, preview
+
+LOCAL_SUFFIXES = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 
 
-def load_rows(source: str, split: str = "train", columns: dict[str, str] | None = None,
-              limit: int | None = None) -> list[dict]:
-    """Load rows from a hub dataset name, ``*.jsonl``/``*.json`` or ``*.parquet`` and rename columns.
+def is_local(source: str) -> bool:
+    return Path(source).suffix in LOCAL_SUFFIXES
 
-    ``columns`` maps a standard name to the dataset's column; the row keeps all original columns too (as
-    metadata for rewards). A missing ``id`` column becomes the row index.
-    """
+
+def _dataset(source: str, split: str, streaming: bool = False):
     import datasets
 
     path = Path(source)
-    if path.suffix in (".jsonl", ".json"):
+    if path.suffix in LOCAL_SUFFIXES:
         if not path.is_file():
             raise FileNotFoundError(f"dataset file not found: {source}")
-        ds = datasets.load_dataset("json", data_files=str(path), split="train")
-    elif path.suffix == ".parquet":
-        if not path.is_file():
-            raise FileNotFoundError(f"dataset file not found: {source}")
-        ds = datasets.load_dataset("parquet", data_files=str(path), split="train")
-    else:
-        ds = datasets.load_dataset(source, split=split)
+        return datasets.load_dataset(LOCAL_SUFFIXES[path.suffix], data_files=str(path), split="train",
+                                     streaming=streaming)
+    try:
+        return datasets.load_dataset(source, split=split, streaming=streaming)
+    except Exception as e:  # noqa: BLE001 - offline, a typo, a private set, a wrong split: one message with the fix
+        raise FileNotFoundError(f"dataset '{source}' (split {split}) could not be loaded: {e}. A hub name needs the "
+                                "network or the Hugging Face cache; offline, point the source at a local .jsonl, "
+                                ".json or .parquet copy") from e
+
+
+def first_raw_row(source: str, split: str = "train") -> dict:
+    """The first row as published (a hub dataset is streamed: one row, not the whole set), for ``--dry-run``."""
+    for row in _dataset(source, split, streaming=not is_local(source)):
+        return dict(row)
+    raise ValueError(f"{source} (split {split}): no rows")
+
+
+def require_fields(row: Mapping, fields: tuple[str, ...], where: str, key: str, raw: Mapping | None = None) -> None:
+    """A clear error for a field a consumer needs (the prompt, the grader's gold, the SFT target); ``raw`` is the
+    row as published, shown in the message."""
+    raw = row if raw is None else raw
+    for name in fields:
+        options = ("problem", "prompt") if name == "prompt" else (name,)
+        if not any(o in row for o in options):
+            raise ColumnError(f"{where}no '{name}' field: map it with {key}.{name}=<column path>; top-level "
+                              f"columns: {', '.join(sorted(raw))}; row: {preview(raw)}")
+
+
+def load_rows(source: str, split: str = "train", columns: Mapping[str, str] | None = None,
+              limit: int | None = None, require: tuple[str, ...] = ("prompt",),
+              key: str = "data.columns") -> list[dict]:
+    """Rows of a hub dataset name, ``*.jsonl``/``*.json`` or ``*.parquet``, mapped to the standard fields.
+
+    ``require`` names the fields every row must have ("prompt" means ``problem`` or ``prompt``); ``key`` is the
+    recipe key of the mapping, for error messages. A missing ``id`` becomes the row index.
+    """
+    mapping = dict(columns or {})
+    check_mapping(mapping, key)
+    ds = _dataset(source, split)
     if limit is not None:
         ds = ds.select(range(min(limit, len(ds))))
-    mapping = {k: v for k, v in (columns or {}).items()}
-    unknown = set(mapping) - set(STANDARD_COLUMNS)
-    if unknown:
-        raise KeyError(f"column mapping keys must be among {STANDARD_COLUMNS}, got {sorted(unknown)}")
     rows = []
     for i, raw in enumerate(ds):
-        row = dict(raw)
-        for std in STANDARD_COLUMNS:
-            col = mapping.get(std, std)
-            if col in raw:
-                row[std] = raw[col]
-            elif std == "id":
-                row["id"] = str(i)
-            else:
-                raise KeyError(f"{source}: row {i} has no column '{col}' for '{std}'; columns: {sorted(raw)}; "
-                               f"set data.columns.{std}=<column>")
-        row["id"] = str(row["id"])
+        row = map_row(raw, mapping, i, where=f"{source}: ", key=key)
+        require_fields(row, require, f"{source}: row {i}: ", key, raw)
         rows.append(row)
+    if not rows:
+        raise ValueError(f"{source} (split {split}): no rows")
     return rows

@@ -27,7 +27,7 @@ def load_problems_counted(cfg: DatasetConfig) -> tuple[list[dict], int]:
     error unless ``dataset.skip_missing_answers``)."""
     if not cfg.source:
         raise InputError("eval: dataset.source is empty (a hub name or a .jsonl/.json/.parquet file)")
-    rows = load_rows(cfg.source, split=cfg.split, columns=cfg.columns, limit=cfg.limit)
+    rows = load_rows(cfg.source, split=cfg.split, columns=cfg.columns, limit=cfg.limit, key="dataset.columns")
     rows, skipped = require_answers(rows, cfg.source, cfg.skip_missing_answers, "dataset.skip_missing_answers")
     seen: set[str] = set()
     for i, row in enumerate(rows):

@@ -28,13 +28,16 @@ def response_text(traj: Trajectory, tokenizer) -> str:
     return tokenizer.decode(traj.response_ids, skip_special_tokens=True)
 
 
-def grade_trajectories(trajs: list[Trajectory], gold: dict[str, str], grader, tokenizer=None) -> list[dict]:
-    """One ``samples.jsonl`` record per trajectory; ``sample`` counts within a problem in engine order."""
+def grade_trajectories(trajs: list[Trajectory], gold: dict[str, str], grader, tokenizer=None,
+                       metas: dict[str, dict] | None = None) -> list[dict]:
+    """One ``samples.jsonl`` record per trajectory; ``sample`` counts within a problem in engine order.
+    ``metas`` (prompt id -> prompt meta) reach the grader too: the code grader reads its tests there."""
     unknown = {t.prompt_id for t in trajs} - set(gold)
     if unknown:
         raise KeyError(f"engine returned trajectories for unknown prompt ids {sorted(unknown)[:5]}")
     texts = [response_text(t, tokenizer) for t in trajs]
-    graded = grade_all(grader, texts, [gold[t.prompt_id] for t in trajs], [t.finish for t in trajs])
+    row_metas = None if metas is None else [metas[t.prompt_id] for t in trajs]
+    graded = grade_all(grader, texts, [gold[t.prompt_id] for t in trajs], [t.finish for t in trajs], row_metas)
     counts: dict[str, int] = {}
     records = []
     for t, text, (extracted, correct), error in zip(trajs, texts, graded, grade_errors(grader, len(trajs)),
@@ -56,10 +59,11 @@ def grade_errors(grader, n: int) -> list[str | None]:
     return list(errors) if errors is not None and len(errors) == n else [None] * n
 
 
-def grade_all(grader, responses: list[str], golds: list[str], finishes: list[str]) -> list[tuple]:
+def grade_all(grader, responses: list[str], golds: list[str], finishes: list[str],
+              metas: list[dict] | None = None) -> list[tuple]:
     """Batch grading when the grader supports it (:class:`~longcot.eval.grading.Grader`), else one by one."""
     if hasattr(grader, "many"):
-        return grader.many(responses, golds, finishes)
+        return grader.many(responses, golds, finishes, metas)
     return [grader(r, g, f) for r, g, f in zip(responses, golds, finishes, strict=True)]
 
 
@@ -92,7 +96,9 @@ def evaluate(
     Writes the outputs to ``out_dir`` unless it is None and returns the summary dict
     (``{"n", "metrics", "per_problem"}``); ``metrics`` includes generation throughput (tokens/s).
     """
-    gold = {p.prompt_id: str(p.meta["answer"]) for p in prompts}
+    # a code problem has tests and no answer; the math grader's rows always have one (checked at load time)
+    gold = {p.prompt_id: str(p.meta["answer"]) if "answer" in p.meta else "" for p in prompts}
+    metas = {p.prompt_id: p.meta for p in prompts}
     if len(gold) != len(prompts):
         raise ValueError("evaluate: prompt ids must be unique")
     start = time.perf_counter()
@@ -102,7 +108,7 @@ def evaluate(
     if len(trajs) != expected:
         raise RuntimeError(f"engine returned {len(trajs)} trajectories, expected {expected} (n x problems)")
     start = time.perf_counter()
-    records = grade_trajectories(trajs, gold, grader, tokenizer)
+    records = grade_trajectories(trajs, gold, grader, tokenizer, metas)
     grade_s = time.perf_counter() - start
     summary = summarize(records, ks, gold=gold, seed=sampling.seed or 0)
     tokens = sum(r["tokens"] for r in records)

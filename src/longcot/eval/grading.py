@@ -58,14 +58,18 @@ class Grader:
         self.errors = 0
         self.last_errors: list[str | None] = []  # per sample of the last many(): "Type: message" of a failure
 
-    def _traj(self, response: str, gold: str, finish: str) -> Trajectory:
+    def _traj(self, response: str, gold: str, finish: str, meta: dict | None = None) -> Trajectory:
         return Trajectory(prompt_id="", group_id="", prompt_ids=[], response_ids=[], rollout_logprobs=[],
-                          finish=finish, response_text=response, meta={"answer": gold})
+                          finish=finish, response_text=response, meta={**(meta or {}), "answer": gold})
 
-    def many(self, responses: Sequence[str], golds: Sequence[str], finishes: Sequence[str]) -> list[tuple]:
-        """``[(extracted, correct)]`` for every sample; a grading error counts as wrong (logged, counted)."""
+    def many(self, responses: Sequence[str], golds: Sequence[str], finishes: Sequence[str],
+             metas: Sequence[dict] | None = None) -> list[tuple]:
+        """``[(extracted, correct)]`` for every sample; a grading error counts as wrong (logged, counted).
+        ``metas`` are the problems' metadata (the code grader's tests live there)."""
         cut = [f in CUT_OFF and not self.grade_truncated for f in finishes]
-        trajs = [self._traj(r, g, "length" if c else "stop") for r, g, c in zip(responses, golds, cut, strict=True)]
+        metas = metas if metas is not None else [None] * len(responses)
+        trajs = [self._traj(r, g, "length" if c else "stop", m)
+                 for r, g, c, m in zip(responses, golds, cut, metas, strict=True)]
         batch = getattr(self.fn, "batch", None)
         values = batch(trajs, **self.options) if batch is not None else [self._call(t) for t in trajs]
         out = []
@@ -89,8 +93,9 @@ class Grader:
         except Exception as e:  # noqa: BLE001
             return e
 
-    def __call__(self, response: str, gold: str, finish: str = "stop") -> tuple[str | None, bool]:
-        return self.many([response], [gold], [finish])[0]
+    def __call__(self, response: str, gold: str, finish: str = "stop",
+                 meta: dict | None = None) -> tuple[str | None, bool]:
+        return self.many([response], [gold], [finish], [meta])[0]
 
 
 def make_grader(name: str = "math", options: dict | None = None, grade_truncated: bool = False) -> Grader:

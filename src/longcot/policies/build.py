@@ -22,8 +22,9 @@ CHARSET = (
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>"]
 
 
-def build_tokenizer() -> PreTrainedTokenizerFast:
-    """A character-level tokenizer: one token per character, so lengths are easy to reason about."""
+def build_tokenizer(chat_template: bool = False) -> PreTrainedTokenizerFast:
+    """A character-level tokenizer: one token per character, so lengths are easy to reason about. With
+    ``chat_template`` it carries a Qwen3-style chat template (:mod:`longcot.policies.chat_template`)."""
     vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
     for ch in CHARSET:
         vocab.setdefault(ch, len(vocab))
@@ -34,6 +35,10 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
         tokenizer_object=core, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
     )
     tok.model_max_length = 4096
+    if chat_template:
+        from longcot.policies.chat_template import QWEN_STYLE_CHAT_TEMPLATE
+
+        tok.chat_template = QWEN_STYLE_CHAT_TEMPLATE
     return tok
 
 
@@ -50,11 +55,12 @@ def tiny_moe_config(vocab_size: int, **overrides) -> Qwen3MoeConfig:
     return Qwen3MoeConfig(**cfg)
 
 
-def build_tiny_moe(out_dir: str | Path, seed: int = 0, **overrides) -> Path:
-    """Create and save a randomly initialised tiny MoE policy + tokenizer to ``out_dir``; return the path."""
+def build_tiny_moe(out_dir: str | Path, seed: int = 0, chat_template: bool = False, **overrides) -> Path:
+    """Create and save a randomly initialised tiny MoE policy + tokenizer to ``out_dir``; return the path.
+    ``chat_template``: the tokenizer gets the Qwen3-style chat template (for ``data.template: chat``)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tok = build_tokenizer()
+    tok = build_tokenizer(chat_template)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(tiny_moe_config(len(tok), **overrides), dtype=torch.float32)
     model.generation_config.eos_token_id = tok.eos_token_id

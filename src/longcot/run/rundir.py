@@ -20,6 +20,10 @@ class RunDir:
         self.metrics_path = self.root / "metrics.jsonl"
         self.states = self.root / "states"
         self.summary: dict = {}
+        self.trackers = None  # longcot.run.trackers.Trackers when the recipe sets tracking.log_with
+
+    def write_json(self, name: str, data: dict) -> None:
+        (self.root / name).write_text(json.dumps(data, indent=2))
 
     def reset(self) -> None:
         """A new run in this directory: no metrics rows or summary from an earlier one."""
@@ -35,6 +39,8 @@ class RunDir:
             f.write(json.dumps(row) + "\n")
             f.flush()
             os.fsync(f.fileno())  # a training state counts these rows: they must be on disk before it is
+        if self.trackers is not None:
+            self.trackers.log(row)
 
     def metrics_rows(self) -> int:
         if not self.metrics_path.is_file():

@@ -94,3 +94,25 @@ def test_sandbox_option_is_validated():
     with pytest.raises(ValueError, match="sandbox must be one of"):
         Sandbox("maybe")
     assert Limits().wall_s > 0
+
+
+def test_the_sandbox_side_imports_without_numpy_or_torch():
+    """The unprivileged jail runs longcot's reward modules under a system Python that has neither numpy nor torch
+    (tests/rewards/test_rewards_hostile.py): an import of either on that path breaks the code reward there. Run the
+    imports with both blocked, so a stray one fails here, fast, whichever Python CI has."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parents[2] / "src"
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    @staticmethod\n"
+        "    def find_spec(name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('numpy', 'torch'):\n"
+        "            raise ImportError(f'{name} imported on the sandbox side')\n"
+        f"sys.meta_path.insert(0, Block)\nsys.path.insert(0, {str(src)!r})\n"
+        "import longcot.rewards.code, longcot.rewards.sandbox, longcot.record\n")
+    done = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr

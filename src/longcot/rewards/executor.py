@@ -112,8 +112,8 @@ class Sandbox:
         self.features, self.warnings = hello["features"], hello["warnings"]
         if not hello["ready"]:
             self.close()
-            raise SandboxUnavailable(f"{hello['error']}. Enable user namespaces (the jail needs one, for root too: e.g. "
-                                     "sysctl user.max_user_namespaces, or a container started with them), or, "
+            raise SandboxUnavailable(f"{hello['error']}. Enable user namespaces (the jail needs one, for root "
+                                     "too: e.g. sysctl user.max_user_namespaces, or a container started with them), or, "
                                      "only for programs you trust, set the code reward's option "
                                      "'sandbox: allow_unsafe' (runs them without isolation)")
         for w in self.warnings:

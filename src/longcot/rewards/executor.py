@@ -113,8 +113,8 @@ class Sandbox:
         if not hello["ready"]:
             self.close()
             raise SandboxUnavailable(f"{hello['error']}. Enable user namespaces (the jail needs one, for root "
-                                     "too: e.g. sysctl user.max_user_namespaces, or a container started with them), or, "
-                                     "only for programs you trust, set the code reward's option "
+                                     "too: e.g. sysctl user.max_user_namespaces, or a container started with "
+                                     "them), or, only for programs you trust, set the code reward's option "
                                      "'sandbox: allow_unsafe' (runs them without isolation)")
         for w in self.warnings:
             log.warning("code sandbox: %s", w)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -90,3 +94,20 @@ def watch(proc: subprocess.Popen, until=lambda: False, timeout_s: float = 600.0)
         w.poll()
         time.sleep(0.2)
     return w
+
+
+@contextlib.contextmanager
+def local_ray(prefix: str) -> Iterator[None]:
+    """A 2-CPU Ray instance for a test module; its session files (under /tmp/<prefix>*) are removed at the end, as
+    the runtime does for the runs it starts."""
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    temp = tempfile.mkdtemp(prefix=prefix, dir="/tmp")
+    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp, log_to_driver=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+        shutil.rmtree(temp, ignore_errors=True)

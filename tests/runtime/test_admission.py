@@ -90,6 +90,15 @@ def test_prompt_queue_stays_within_the_budget_and_requeues_first():
     assert q.acquire().seq == 2 and drawn == [(0, 4), (1, 4), (2, 4)]
 
 
+def test_prompt_queue_a_complete_batch_closes_the_budget_before_waking_producers():
+    q, _ = make_queue(k=1)
+    q.acquire(), q.acquire()  # two batches ahead: the budget 2 * 4 is used up
+    q.consumed(4, update_next=True)  # a batch is taken and its update starts: one batch ahead = the budget 1 * 4
+    assert q.update_in_flight and q._next_chunk(False) is None  # no chunk at the old version (it would be dropped)
+    q.update(update_in_flight=False)  # the update is published
+    assert q.acquire().seq == 2
+
+
 def test_prompt_queue_partial_backlog_and_end_of_run():
     q, _ = make_queue(k=0, remaining=6)
     assert len(q.acquire().prompts) == 4

@@ -41,12 +41,20 @@ def test_ray_run_stays_within_k_and_leaves_no_process(tmp_path):
     assert list(home.rglob("*")) == []  # nothing under $HOME: no Ray auth token, no caches
 
 
-def test_ctrl_c_during_rl_stops_every_ray_process(tmp_path):
+def test_ctrl_c_during_rl_saves_a_state_stops_every_ray_process_and_resumes(tmp_path):
+    """Ctrl-C: the step in flight finishes, a training state (with the asynchronous loop's buffer) is written, the
+    run exits 130 and leaves no Ray process; ``--resume`` then continues from the next step in Ray mode."""
     proc = start_train(tmp_path, "interrupted", ["rl.steps=50"])
     run = tmp_path / "interrupted"
     w = watch(proc, until=lambda: len(rows(run)) >= 1)
     assert proc.poll() is None, proc.communicate()[0][-3000:]
     proc.send_signal(signal.SIGINT)
-    out = proc.communicate(timeout=120)[0]
-    assert proc.returncode != 0 and "KeyboardInterrupt" in out, out[-2000:]
+    out = proc.communicate(timeout=180)[0]
+    assert proc.returncode == 130 and "--resume" in out, out[-2000:]
     assert w.survivors() == []
+    done = len(rows(run))
+    assert (run / "states" / "latest").read_text().strip() == f"step-{done:08d}"
+    proc = start_train(tmp_path, "interrupted", [f"rl.steps={done + 1}", "--resume"])
+    out = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0, out[-3000:]
+    assert [r["step"] for r in rows(run)] == list(range(done + 1))

@@ -4,13 +4,12 @@ on a complete batch."""
 
 import os
 import signal
-import tempfile
 import time
 
 import pytest
 import ray
 import torch
-from raytest import PROMPTS, RAY_ARGS, RECIPE, N
+from raytest import PROMPTS, RAY_ARGS, RECIPE, N, local_ray
 
 from longcot.config import load_recipe
 from longcot.policies.build import build_tiny_moe
@@ -24,12 +23,8 @@ PAIRS = [([1, 40, 41, 42], list(range(10, 40))), ([1] + list(range(60, 90)), [5,
 
 @pytest.fixture(scope="module")
 def ray_instance():
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    temp = tempfile.mkdtemp(prefix="lcray-t-", dir="/tmp")
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp, log_to_driver=False)
-    yield
-    ray.shutdown()
+    with local_ray("lcray-t-"):
+        yield
 
 
 @pytest.fixture(scope="module")

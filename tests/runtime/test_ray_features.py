@@ -4,12 +4,10 @@ and evaluation on the workers)."""
 
 import os
 import random
-import tempfile
 from pathlib import Path
 
 import pytest
-import ray
-from raytest import ROOT, rows
+from raytest import ROOT, local_ray, rows
 
 from longcot.config import load_recipe
 from longcot.pipeline import train
@@ -33,13 +31,9 @@ if "test_coin_on_odd" not in REWARDS:
 
 @pytest.fixture(scope="module", autouse=True)
 def ray_instance():
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ["LONGCOT_NO_PROGRESS"] = "1"
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=tempfile.mkdtemp(prefix="lcray-f-", dir="/tmp"),
-             log_to_driver=False)
-    yield
-    ray.shutdown()
+    with local_ray("lcray-f-"):
+        yield
 
 
 def run(tmp_path: Path, recipe: str, overrides: list[str]) -> tuple[dict, list[dict]]:

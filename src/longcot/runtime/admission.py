@@ -8,11 +8,11 @@ produced its tokens (``Segment.policy_version``; with partial rollouts older seg
 prompt's samples, plus any sub-agent records) is admitted to a batch only if its staleness is at most ``k =
 rl.max_off_policy_steps``; older ones are dropped and counted, before they cost an update.
 
-Run-ahead: a chunk of prompts dispatched now samples with the newest published version ``p`` (or newer). The
-next batch trains at ``p`` (``p + 1`` while an update is in flight), and batches consume ``P =
-rl.prompts_per_step`` units each, oldest first, so groups dispatched while at most ``(k + 1 - u) * P`` units are
-ahead of them (``u`` = 1 while an update runs) train at a version <= ``p + k``: in steady state nothing is
-dropped, and ``k = 0`` is the synchronous loop (the next chunk waits for the update).
+Run-ahead: a chunk of prompts dispatched now samples with the newest published version ``p`` (or newer). The next
+batch trains at ``p`` (``p + 1`` while an update is in flight), and batches consume ``P = rl.prompts_per_step``
+units each, oldest first, so groups dispatched while at most ``(k + 1 - u) * P`` units are ahead of them (``u`` = 1
+from the moment a batch is taken until its update is published) train at a version <= ``p + k``: in steady state
+nothing is dropped, and ``k = 0`` is the synchronous loop (the next chunk waits for the update).
 """
 
 from __future__ import annotations

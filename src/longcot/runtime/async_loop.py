@@ -164,9 +164,11 @@ class AsyncRL:
         while True:
             before = len(adm.units) + len(adm.stale) + len(adm.uninformative)
             admit(self.buffer, P, version, k, informative, into=adm)
-            self.prompts.consumed(len(adm.units) + len(adm.stale) + len(adm.uninformative) - before)
             seen = len(adm.units) + len(adm.uninformative)
-            if len(adm.units) >= P or (cap is not None and seen >= cap):
+            done = len(adm.units) >= P or (cap is not None and seen >= cap)
+            # a complete batch goes to the trainer next: the run-ahead budget shrinks with the consumption
+            self.prompts.consumed(len(adm.units) + len(adm.stale) + len(adm.uninformative) - before, done)
+            if done:
                 break
             self._pump(timeout=0.5)
         _add(timer, "reward", self.reward_s - r0)

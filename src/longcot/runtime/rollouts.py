@@ -136,9 +136,14 @@ class PromptQueue:
                 setattr(self, key, value)
             self.cond.notify_all()
 
-    def consumed(self, units: int) -> None:
+    def consumed(self, units: int, update_next: bool = False) -> None:
+        """A batch took ``units``. ``update_next``: the batch is complete and its update starts now; the budget
+        shrinks in the same step, else a producer woken here could draw a chunk at the current version that
+        would train two versions later and be dropped (one whole batch of wasted generation)."""
         with self.cond:
             self.ahead = max(0, self.ahead - units)
+            if update_next:
+                self.update_in_flight = True
             self.cond.notify_all()
 
     def pause(self, timeout_s: float = 600.0) -> None:

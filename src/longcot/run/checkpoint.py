@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -16,12 +17,14 @@ def save_training_state(trainer: Any, prompts: Any, run: RunDir, next_step: int,
     """Save everything needed to run step ``next_step`` exactly as an uninterrupted run would. Dynamic sampling
     carries nothing across steps (surplus groups are dropped), so it needs no entry."""
     engine = trainer.engine
-    loop = {"prompts": prompts.state_dict(),
-            "engine": engine.state_dict() if hasattr(engine, "state_dict") else None,
-            # the asynchronous loop (cluster.backend: ray): scored groups not yet trained, queue, partial buffers
-            "runtime": trainer.state_dict() if hasattr(trainer, "state_dict") else None,
-            "rng": rng_state(), "summary": run.summary, "metrics_rows": run.metrics_rows()}
-    path = save_state(run.states, next_step, trainer.learner, loop, keep)
+    # the asynchronous loop (cluster.backend: ray) draws prompts in producer threads: snapshot with them paused
+    with trainer.paused() if hasattr(trainer, "paused") else contextlib.nullcontext():
+        loop = {"prompts": prompts.state_dict(),
+                "engine": engine.state_dict() if hasattr(engine, "state_dict") else None,
+                # the asynchronous loop's scored groups not yet trained, re-queued chunks, partial buffers
+                "runtime": trainer.state_dict() if hasattr(trainer, "state_dict") else None,
+                "rng": rng_state(), "summary": run.summary, "metrics_rows": run.metrics_rows()}
+        path = save_state(run.states, next_step, trainer.learner, loop, keep)
     log.info("training state saved: %s", path)
     return path
 

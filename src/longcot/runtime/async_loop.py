@@ -93,6 +93,7 @@ class AsyncRL:
         self.buffer: deque[Unit] = deque()
         self.stop_event = threading.Event()
         keeps = recipe.partial.enabled or recipe.partial.repetition.enabled
+        self._pause_depth = 0
         self.producers = [Producer(w, s, self.prompts, self.deliveries, lambda: self.learner.published,
                                    self._sampling, self.stop_event, keeps)
                           for w, s in zip(workers, stacks, strict=True)]
@@ -119,14 +120,21 @@ class AsyncRL:
 
     @contextmanager
     def paused(self):
-        """No engine call runs on any worker inside the block (evaluation, a consistent state snapshot)."""
-        if not self.started:
-            yield
+        """No engine call runs on any worker inside the block (evaluation, a consistent state snapshot).
+        Re-entrant: a training state pauses once around its whole snapshot, which calls :meth:`state_dict`."""
+        if not self.started or self._pause_depth:
+            self._pause_depth += 1
+            try:
+                yield
+            finally:
+                self._pause_depth -= 1
             return
         self.prompts.pause()
+        self._pause_depth = 1
         try:
             yield
         finally:
+            self._pause_depth = 0
             self.prompts.resume()
 
     # ---- one step ------------------------------------------------------------------------------------------------

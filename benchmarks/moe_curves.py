@@ -27,10 +27,12 @@ PANELS = (("reward_mean", "train reward"), ("logprob_gap", "log-prob gap, mean |
 
 
 def heldout_points(run: Path, rows: list[dict]) -> list[tuple[int, float]]:
-    """(step, accuracy): after SFT at step 0, the periodic evals, after RL at the last step."""
+    """(step, accuracy): the start (after SFT, or ``initial`` for a run that starts from an SFT checkpoint with SFT
+    off) at step 0, the periodic evals, after RL at the last step."""
     summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").is_file() else {}
     ev = summary.get("eval", {})
-    pts = [(0, ev["after_sft"]["accuracy"])] if "after_sft" in ev else []
+    start = ev.get("after_sft") or ev.get("initial")
+    pts = [(0, start["accuracy"])] if start else []
     pts += [(r["step"] + 1, r["eval/accuracy"]) for r in rows if "eval/accuracy" in r]
     if "after_rl" in ev and rows:
         pts.append((rows[-1]["step"] + 1, ev["after_rl"]["accuracy"]))

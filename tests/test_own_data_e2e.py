@@ -55,7 +55,8 @@ def test_a_code_dataset_file_trains_with_the_code_reward_and_grader(tmp_path, mo
     monkeypatch.setenv("LONGCOT_NO_PROGRESS", "1")
     data = write_jsonl(tmp_path / "code.jsonl", rows_of("codefit", 80, 0, 0.0, {}))
     rc = cli_main(["train", str(ROOT / "recipes/tiny/code-moe.yaml"), f"out_dir={tmp_path}", "name=code",
-                   "data.task=dataset", f"data.source={data}", "sft.num_examples=32", "rl.steps=2",
+                   "data.task=dataset", "data.task_options={}", f"data.source={data}", "sft.num_examples=32",
+                   "rl.steps=2",
                    "rl.prompts_per_step=4", "rollout.n=4", "eval.num_problems=4", "eval.n=1", "eval.every=0"])
     assert rc == 0
     run = tmp_path / "code"

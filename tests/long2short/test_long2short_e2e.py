@@ -95,7 +95,7 @@ def test_long2short_rl_few_steps_applies_the_length_reward_from_step_0(long_ckpt
     s = summary(run)
     block = s["long2short"]
     assert block["method"] == "rl" and block["long_model"] == str(long_ckpt)
-    assert block["long"]["accuracy"] == s["eval"]["after_sft"]["accuracy"]  # the start is the long model
+    assert block["long"]["accuracy"] == s["eval"]["initial"]["accuracy"]  # the start is the long model (SFT off)
     assert load_policy(block["result_model"]).config.num_experts == 8
     again = ["long2short", str(ROOT / "recipes/tiny/long2short-rl.yaml"), f"out_dir={tmp_path}", "name=rl",
              f"long2short.long_model={long_ckpt}", "rl.steps=2"]

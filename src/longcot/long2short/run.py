@@ -184,7 +184,8 @@ def run_rl(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dic
     lengths = {s.name: s.weight for s in recipe.rewards}
     details = {"rl": {"steps": recipe.rl.steps, "rollout_max_tokens": recipe.rollout.max_tokens,
                       "length_reward_weight": lengths[recipe.rl.length_penalty_reward]}}
-    run.update_summary(long2short=result_block(recipe, {"long": ev["after_sft"], "result": ev["after_rl"]},
+    start = ev["initial"] if "initial" in ev else ev["after_sft"]  # RL starts from the long model: SFT is off
+    run.update_summary(long2short=result_block(recipe, {"long": start, "result": ev["after_rl"]},
                                                str(run.checkpoint("final")), details))
     return run.summary
 

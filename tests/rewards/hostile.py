@@ -35,7 +35,7 @@ HOSTILE = {  # name -> (program or [programs run in turn, the last one scored], 
     "infinite_loop_call": ("def add(a, b):\n    while True:\n        pass\n", 0.0),
     "network": ("import urllib.request\nV = urllib.request.urlopen('http://1.1.1.1', timeout=2).status\n"
                 "def add(a, b):\n    return a + b + V - 200\n", 0.0),
-    "write_outside": ("import os\nfor p in ['@REPO@/@M@', '/root/@M@', '/@M@', '/usr/@M@', '/etc/@M@']:\n"
+    "write_outside": ("import os\nfor p in ['@REPO@/@M@', '@HOME@/@M@', '/@M@', '/usr/@M@', '/etc/@M@']:\n"
                       "    try:\n        open(p, 'w').write('x')\n    except OSError:\n        pass\n"
                       "open('/tmp/@M@_tmp', 'w').write('x')\n"
                       "open('/dev/shm/@M@_shm', 'w').write('x')\n" + GOOD, 1.0),
@@ -56,7 +56,7 @@ HOSTILE = {  # name -> (program or [programs run in turn, the last one scored], 
     "int_subclass_eq": ("class E(int):\n    def __eq__(self, o):\n        return True\n"
                         "def add(a, b):\n    return E(7)\n", 0.0),
     "atexit_exit_0": ("import atexit, os\natexit.register(lambda: os._exit(0))\ndef add(a, b):\n    return 0\n", 0.0),
-    "read_tests_from_disk": ("import glob\nLEAK = glob.glob('@REPO@/tests/*') or glob.glob('/root/*')\n"
+    "read_tests_from_disk": ("import glob\nLEAK = glob.glob('@REPO@/tests/*') or glob.glob('@HOME@/*')\n"
                              "try:\n    LEAK = LEAK or open('@SELF@').read()\nexcept OSError:\n    pass\n" + LEAKED,
                              1.0),
     "read_secrets_from_memory": ("import gc\nhits = [o for o in gc.get_objects() if isinstance(o, str) and "
@@ -159,7 +159,7 @@ class Context:
         values = {"REPO": self.repo, "SELF": str(Path(__file__).resolve()), "SECRET": str(self.root / "secret.txt"),
                   "OPEN_DIR": str(self.root / "open"), "PORT": str(self.listeners[0].getsockname()[1]),
                   "ABSTRACT": self.abstract, "UNIX": str(self.root / "sock"), "PIDS": repr(pids),
-                  "TEST_PID": str(os.getpid()), "SECRET_VALUE": self.secret_value, "M": MARK}
+                  "TEST_PID": str(os.getpid()), "HOME": str(Path.home()), "SECRET_VALUE": self.secret_value, "M": MARK}
         for key, value in values.items():
             program = program.replace(f"@{key}@", value)
         return program
@@ -181,7 +181,7 @@ class Context:
         hits = [str(p) for p in (self.root / "open").iterdir()]
         if (self.root / "secret.txt").read_text() != "the answer is 42\n":
             hits.append("secret.txt changed")
-        hits += [p for p in (f"{self.repo}/{MARK}", f"/root/{MARK}", f"/{MARK}", f"/usr/{MARK}", f"/etc/{MARK}",
+        hits += [p for p in (f"{self.repo}/{MARK}", f"{Path.home()}/{MARK}", f"/{MARK}", f"/usr/{MARK}", f"/etc/{MARK}",
                              str(self.root / MARK)) if os.path.exists(p)]
         return hits
 

@@ -44,7 +44,8 @@ def train_main(argv: list[str]) -> int:
     try:
         recipe = load_recipe(ns.recipe, ns.overrides)
         recipe.reward_modules = [*recipe.reward_modules, *ns.reward_module]
-        validate_recipe(recipe)
+        if ns.dry_run:  # a run validates in pipeline.train, before any work (one sandbox probe, not two)
+            validate_recipe(recipe)
     except InputError as e:
         print(f"longcot train: {e}", file=sys.stderr)
         return 2

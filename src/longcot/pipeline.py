@@ -112,15 +112,15 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict
         check_available(recipe.tracking.log_with)
     policy_path = prepare_model(recipe, run)
     tokenizer = load_tokenizer(policy_path)
-    model = load_policy(policy_path, recipe.model.dtype)  # (the SFT checkpoint on resume: below)
     run.update_summary(run={"name": recipe.name, "seed": recipe.seed, "policy": policy_path,
                             "train_problems": len(task.train), "heldout_problems": len(task.heldout),
                             "skipped_no_answer": task.skipped_no_answer})
-    if recipe.sft.enabled and "sft" in run.summary:
+    sft_done = recipe.sft.enabled and "sft" in run.summary
+    if sft_done:
         policy_path = str(run.checkpoint("sft"))
         log.info("SFT already finished in this run: continuing from %s", policy_path)
-        model = load_policy(policy_path, recipe.model.dtype)
-    elif recipe.sft.enabled:
+    model = load_policy(policy_path, recipe.model.dtype)
+    if recipe.sft.enabled and not sft_done:
         policy_path = run_sft_stage(recipe, model, tokenizer, task, run, sft_data)
     first = "after_sft" if recipe.sft.enabled else "initial"  # the summary key and log label of the first eval
     max_len = max(recipe.rollout.max_model_len, longest_prompt(task, tokenizer)
@@ -145,7 +145,7 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict
                 run.update_summary(eval={"after_rl": after_rl})
             log.info("held-out accuracy after RL: %.3f", run.summary["eval"]["after_rl"]["accuracy"])
     finally:
-        if trainer is not None and hasattr(trainer.learner, "close"):
+        if trainer is not None:
             trainer.learner.close()  # stops the trainer ranks this process started (trainer.ranks > 1)
         runtime.shutdown()
         if run.trackers is not None:

@@ -62,7 +62,7 @@ class FirstPass:
                 "rs_tokens": self.rs_tokens}
 
     @staticmethod
-    def merged(parts: list[dict], moe: MoERouting | None) -> dict[str, float]:
+    def merged(parts: list[dict]) -> dict[str, float]:
         """The step's metrics from every rank's :meth:`finish`: ``logprob_gap`` and ``mismatch/*``,
         ``routing/*`` and ``moe/*``, ``rollout_rs/*``."""
         out: dict[str, float] = {}
@@ -71,7 +71,7 @@ class FirstPass:
             out.update(mismatch_metrics(torch.cat(train), torch.cat([p["rollout"] for p in parts
                                                                      if p["rollout"] is not None])))
         stats = [p["moe"] for p in parts if p["moe"] is not None]
-        if moe is not None and stats:
+        if stats:  # router statistics exist only for an MoE policy
             out.update(routing_metrics(*(np.sum([s[i] for s in stats], axis=0) for i in range(3))))
         tokens = sum(p["rs_tokens"] for p in parts)
         for k in {k for p in parts for k in p["rs"]}:

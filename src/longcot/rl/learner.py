@@ -252,7 +252,7 @@ class Learner:
         sums["grad_norm"] = results[0]["grad_norm"]  # the same global norm on every rank
         sums["lr"] = self.rl.lr * self.lr_scale()
         sums.update(optimizer_metrics(self.optimizer))  # MuonClip: max attention logit of the last step
-        sums.update(FirstPass.merged(observed, self.moe))
+        sums.update(FirstPass.merged(observed))
         return sums
 
     def _op_update(self, payload: tuple, timer: StepTimer) -> dict:

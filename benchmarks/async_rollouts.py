@@ -71,7 +71,8 @@ class Arm:
     """One arm's runtime, RL loop, rows and timed blocks."""
 
     def __init__(self, name, recipe, sft_path, tok, task, run_root: Path):
-        from longcot.pipeline import longest_prompt, make_prompt_source
+        from longcot.data.prompts import PromptSource
+        from longcot.pipeline import longest_prompt
         from longcot.policies.load import load_policy
         from longcot.runtime import make_runtime
 
@@ -79,8 +80,9 @@ class Arm:
         max_len = max(recipe.rollout.max_model_len, longest_prompt(task, tok)
                       + max(recipe.rollout.max_tokens, recipe.eval.max_tokens))
         self.runtime = make_runtime(recipe, run_root / name, str(sft_path), tok, max_len)
-        next_prompts, on_results = make_prompt_source(recipe, task, tok)
-        self.loop = self.runtime.rl_trainer(load_policy(str(sft_path), recipe.model.dtype), next_prompts, on_results)
+        source = PromptSource(recipe, task, tok)
+        self.loop = self.runtime.rl_trainer(load_policy(str(sft_path), recipe.model.dtype), source.next_prompts,
+                                            source.on_results)
         self.rows: list[dict] = []
         self.blocks: list[float] = []
         self.step = 0

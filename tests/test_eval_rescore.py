@@ -123,7 +123,16 @@ def test_a_problem_without_gold_answer_is_an_error_or_a_counted_skip(tmp_path, c
     err = capsys.readouterr().err
     assert "row 3 (id 'p4') has no gold answer (answer = None)" in err and "dataset.skip_missing_answers" in err
     rows, skipped = load_problems_counted(DatasetConfig(source=str(data), skip_missing_answers=True))
-    assert [r["id"] for r in rows] == ["p1", "p2", "p3"] and skipped == 1
+    assert [r["id"] for r in rows] == ["p1", "p2", "p3"] and skipped == ["p4"]
+    # re-scoring generations that include the skipped problem: its responses are dropped and counted
+    with resp.open("a") as f:
+        f.write(json.dumps({"id": "p4", "response": "\\boxed{1}", "tokens": 5}) + "\n")
+    out = tmp_path / "skip"
+    assert main(["--responses", str(resp), "--dataset", str(data), "--out", str(out),
+                 "dataset.skip_missing_answers=true"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n"] == 4 and summary["metrics"]["skipped_responses"] == 1
+    assert summary["metrics"]["avg@4"] == pytest.approx(1 / 3)  # p1 2/4, p2 2/4, p3 0/4, as without p4
 
 
 def picky(sample) -> float:

@@ -80,11 +80,12 @@ def config_from_args(ns: argparse.Namespace) -> EvalConfig:
 
 
 def run_rescore(cfg: EvalConfig, ns: argparse.Namespace) -> dict:
-    from longcot.eval.dataset import load_problems
+    from longcot.eval.dataset import load_problems_counted
     from longcot.eval.rescore import read_responses, rescore
     from longcot.eval.run import grader_for
 
-    gold = {r["id"]: r["answer"] for r in load_problems(cfg.dataset)}
+    rows, skipped = load_problems_counted(cfg.dataset)
+    gold = {r["id"]: r["answer"] for r in rows}
     tok = None
     if ns.tokenizer:
         from longcot.policies.load import load_tokenizer
@@ -93,7 +94,7 @@ def run_rescore(cfg: EvalConfig, ns: argparse.Namespace) -> dict:
     info = {"responses": ns.responses, "dataset": cfg.dataset.source, "grader": cfg.grader, "k": cfg.k,
             "grade_truncated": cfg.grade_truncated}
     return rescore(read_responses(ns.responses), gold, grader_for(cfg), cfg.k, cfg.out, tok,
-                   allow_missing=ns.allow_missing, info=info)
+                   allow_missing=ns.allow_missing, info=info, skipped=skipped)
 
 
 def main(argv: list[str] | None = None) -> int:

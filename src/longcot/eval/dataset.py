@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 
-from longcot.data.answers import require_answers
+from longcot.data.answers import has_answer, require_answers
 from longcot.data.sources import load_rows
 from longcot.errors import InputError, MissingKeyError
 from longcot.eval.config import DatasetConfig
@@ -22,13 +22,15 @@ def load_problems(cfg: DatasetConfig) -> list[dict]:
     return load_problems_counted(cfg)[0]
 
 
-def load_problems_counted(cfg: DatasetConfig) -> tuple[list[dict], int]:
-    """:func:`load_problems` and how many rows were skipped for lacking a gold answer (a row without one is an
-    error unless ``dataset.skip_missing_answers``)."""
+def load_problems_counted(cfg: DatasetConfig) -> tuple[list[dict], list[str]]:
+    """:func:`load_problems` and the ids of the rows skipped for lacking a gold answer (a row without one is an
+    error unless ``dataset.skip_missing_answers``). The ids let a re-score drop responses to skipped problems
+    instead of calling them unknown."""
     if not cfg.source:
         raise InputError("eval: dataset.source is empty (a hub name or a .jsonl/.json/.parquet file)")
     rows = load_rows(cfg.source, split=cfg.split, columns=cfg.columns, limit=cfg.limit, key="dataset.columns")
-    rows, skipped = require_answers(rows, cfg.source, cfg.skip_missing_answers, "dataset.skip_missing_answers")
+    no_answer = [str(r.get("id", i)) for i, r in enumerate(rows) if not has_answer(r)]
+    rows, _ = require_answers(rows, cfg.source, cfg.skip_missing_answers, "dataset.skip_missing_answers")
     seen: set[str] = set()
     for i, row in enumerate(rows):
         row["answer"] = str(row["answer"])
@@ -38,7 +40,7 @@ def load_problems_counted(cfg: DatasetConfig) -> tuple[list[dict], int]:
         seen.add(row["id"])
     if not rows:
         raise InputError(f"{cfg.source}: no problems")
-    return rows, skipped
+    return rows, no_answer
 
 
 def effective_template(template: str, tokenizer) -> str:

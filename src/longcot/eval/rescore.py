@@ -54,8 +54,16 @@ def rescore(
     tokenizer=None,
     allow_missing: bool = False,
     info: dict | None = None,
+    skipped: list[str] | None = None,
 ) -> dict:
-    """Grade ``rows`` against ``gold`` (id -> answer), summarise, and write the outputs to ``out_dir``."""
+    """Grade ``rows`` against ``gold`` (id -> answer), summarise, and write the outputs to ``out_dir``.
+    ``skipped``: ids of dataset problems dropped for lacking a gold answer (``dataset.skip_missing_answers``);
+    responses to them are left out and counted (``skipped_responses``), not reported as unknown ids."""
+    drop = set(skipped or ()) - set(gold)
+    n_rows = len(rows)
+    rows = [r for r in rows if str(r["id"]) not in drop]
+    if not rows:
+        raise InputError(f"all {n_rows} responses answer problems skipped for lacking a gold answer")
     unknown = sorted({str(r["id"]) for r in rows} - set(gold))
     if unknown:
         raise MissingKeyError(f"{len(unknown)} response ids are not in the dataset, e.g. {unknown[:5]}")
@@ -79,6 +87,7 @@ def rescore(
         counts[pid] = counts.get(pid, 0) + 1
     summary = summarize(records, ks, gold={pid: gold[pid] for pid in counts})
     summary["metrics"]["missing_problems"] = len(missing)
+    summary["metrics"]["skipped_responses"] = n_rows - len(rows)
     summary["metrics"]["grade_errors"] = getattr(grader, "errors", 0)
     unit = "tokens" if all("tokens" in r for r in rows) or tokenizer is not None else "chars"
     if out_dir is not None:

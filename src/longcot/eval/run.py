@@ -86,7 +86,7 @@ def run_eval(cfg: EvalConfig) -> dict:
     template = effective_template(cfg.template, tokenizer)
     prompts = build_prompts(rows, tokenizer, template, cfg.prompt)
     engine, kind = make_engine(cfg, tokenizer, prompts)
-    info = protocol_info(cfg, engine=kind, problems=len(prompts), skipped_no_answer=skipped, template=template,
+    info = protocol_info(cfg, engine=kind, problems=len(prompts), skipped_no_answer=len(skipped), template=template,
                          length_unit="tokens")
     try:
         return evaluate(engine, tokenizer, prompts, sampling_config(cfg), grader_for(cfg), cfg.out, ks=cfg.k,

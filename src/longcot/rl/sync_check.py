@@ -25,21 +25,24 @@ class WeightSyncError(RuntimeError):
 
 
 def check_weight_sync(engine: Any, learner: Any, trajs: list[Trajectory], max_gap: float) -> dict[str, float]:
-    """``sync_check/gap_mean`` and ``gap_max`` over up to :data:`SAMPLES` responses; raises
-    :class:`WeightSyncError` when the mean gap exceeds ``max_gap``. Engines without ``compute_logprobs`` are
-    not checked (a warning says so once)."""
+    """``sync_check/gap_mean`` and ``gap_max`` over the policy's own tokens (loss mask 1) of up to
+    :data:`SAMPLES` responses; raises :class:`WeightSyncError` when the mean gap exceeds ``max_gap``. Engines
+    without ``compute_logprobs`` are not checked (a warning says so once)."""
     if not hasattr(engine, "compute_logprobs"):
         if not getattr(engine, "_longcot_warned_no_sync_check", False):
             log.warning("rollout.sync_check_every is set but engine %s has no compute_logprobs: weight syncs are "
                         "not checked", type(engine).__name__)
             engine._longcot_warned_no_sync_check = True
         return {}
-    live = [t for t in trajs if t.response_ids and t.prompt_ids][:SAMPLES]
+    live = [t for t in trajs if t.prompt_ids and any(t.mask())][:SAMPLES]
     if not live:
         return {}
     engine_lp = engine.compute_logprobs([t.prompt_ids for t in live], [t.response_ids for t in live])
     trainer_lp = learner.policy_logprobs(live)
-    gaps = [abs(a - b) for e, tr in zip(engine_lp, trainer_lp, strict=True) for a, b in zip(e, tr, strict=True)]
+    # only the tokens the policy wrote: the learner gives no log-prob to masked ones (an agent's observations,
+    # a tool's output), which the engine still scores
+    gaps = [abs(a - b) for t, e, tr in zip(live, engine_lp, trainer_lp, strict=True)
+            for a, b, m in zip(e, tr, t.mask(), strict=True) if m]
     out = {"sync_check/gap_mean": sum(gaps) / len(gaps), "sync_check/gap_max": max(gaps)}
     if out["sync_check/gap_mean"] > max_gap:
         raise WeightSyncError(

@@ -74,6 +74,8 @@ def test_cross_field_validation(tmp_path):
     p = write(tmp_path, "r.yaml", "data:\n  num_heldout: 10\neval:\n  num_problems: 20\n")
     with pytest.raises(ConfigError, match="num_problems"):
         load_recipe(p)
+    with pytest.raises(ConfigError, match="eval.num_problems must be >= 1"):  # was a traceback after SFT
+        load_recipe(None, ["eval.num_problems=0"])
 
 
 def test_logprobs_every_must_not_be_negative():

@@ -477,6 +477,9 @@ class Recipe:
                              "the partial-rollout buffer")
         if not 0.0 < self.eval.fraction < 1.0:
             raise ValueError(f"eval.fraction must be in (0, 1), got {self.eval.fraction}")
+        if self.eval.num_problems < 1:
+            raise ValueError(f"eval.num_problems must be >= 1 (the held-out evaluations after SFT and after RL), got "
+                             f"{self.eval.num_problems}")
         if self.eval.num_problems > self.data.num_heldout and self.data.task in ("arith", "codefit"):
             raise ValueError(f"eval.num_problems ({self.eval.num_problems}) > "
                              f"data.num_heldout ({self.data.num_heldout})")

@@ -69,7 +69,7 @@ def run_sft_stage(recipe: Recipe, model, tokenizer, task: Task, run: RunDir, row
     from longcot.data.sft_data import sft_pairs, sft_rows
     from longcot.rl.sft import run_sft
 
-    pairs = sft_pairs(sft_rows(recipe, task) if rows is None else rows, task, tokenizer)
+    pairs = sft_pairs(sft_rows(recipe, task) if rows is None else rows, task, tokenizer, recipe.agents)
     from longcot.rl.strategy import resolve_device, resolve_precision
 
     out = run.checkpoint("sft")

@@ -187,3 +187,23 @@ def test_state_dict_keeps_naming_eval_traces_where_a_resumed_run_stopped(vllm_en
     resumed.generate([scripted("[a: 1+2]\n[wait]")], SamplingConfig(n=1, max_tokens=4, seed=0))
     assert resumed.state_dict() == {"calls": 2}
     assert sorted(p.name for p in tmp_path.glob("eval-*.jsonl")) == ["eval-000.jsonl", "eval-001.jsonl"]
+
+
+def test_the_sft_observation_is_the_one_the_driver_shows(vllm_engine, tok, scripted):
+    """The compound task's SFT teaches the final turn on an observation: it must be the driver's, round-cap notice
+    included (without it every PARL run of the wide task started from a final turn trained on another context:
+    held-out accuracy 0 after SFT)."""
+    import random
+    import re
+
+    from longcot.data.compound import CompoundSpec, decomposed_turns, make_compound
+
+    row = make_compound(random.Random(0), CompoundSpec(ops="+-", dep_prob=0.0, min_parts=3, max_parts=3))
+    first, sft_obs, _ = decomposed_turns(row, max_rounds=1)
+    agents = AgentEngine(vllm_engine, tok, AgentsConfig(enabled=True, max_rounds=1, subagent_max_tokens=8))
+    (orch,) = agents.generate([scripted(first)], SamplingConfig(n=1, max_tokens=8, seed=1))
+    shown = orch.response_text[len(first):]
+    shown = shown[: shown.index("give the final answer]\n") + len("give the final answer]\n")]
+    anonymous = lambda text: re.sub(r"\[(\w+) = [^\]]*\]", r"[\1 = ?]", text)  # noqa: E731 (answers differ)
+    assert anonymous(shown) == anonymous(sft_obs) and "round limit reached (1)" in sft_obs
+    assert "round limit" not in decomposed_turns(row, max_rounds=2)[1]  # a second round is still allowed

@@ -37,6 +37,7 @@ from longcot.agents.protocol import (
     format_results,
     majority,
     parse_turn,
+    round_cap,
     substitute,
     validate,
     waves,
@@ -227,8 +228,7 @@ class AgentEngine:
                     s.budget.release(s.subagents.pop(sp.name).reserved)
             s.problems.update(p.kind for p in problems)
             if s.rounds >= self.cfg.max_rounds:
-                problems.append(Problem("round_cap", f"round limit reached ({self.cfg.max_rounds}): "
-                                                     "no more sub-agents; give the final answer"))
+                problems.append(round_cap(self.cfg.max_rounds))
             text = format_results(results, problems)
             s.append("obs", text, self._encode(text), None, rnd)
             s.pending, s.turn_problems = [], []

@@ -21,7 +21,8 @@ class Task:
     train: list[dict]
     heldout: list[dict]
     template: str | PromptFormat
-    # (rows, tokenizer) -> SFT (prompt, completion) pairs, for tasks whose warm-up is more than one pair per row
+    # (rows, tokenizer, agents=None) -> SFT (prompt, completion) pairs, for tasks whose warm-up is more than one pair
+    # per row (agents: the recipe's agents section, for pairs that include agent turns)
     sft_pairs: Callable | None = None
     skipped_no_answer: int = 0  # rows dropped for lacking a gold answer (data.skip_missing_answers)
     split: dict = field(default_factory=dict)  # how the held-out rows were chosen (written to split.json)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from longcot.agents.protocol import WAIT, format_results
+from longcot.agents.protocol import WAIT, format_results, round_cap
 from longcot.data.arith import _apply, disjoint_split
 
 NAMES = "abcdefgh"
@@ -188,9 +188,11 @@ def serial_solution(row: dict, spec: CompoundSpec) -> str:
     return "\n".join([*lines, *_combine_lines(row), f"\\boxed{{{row['answer']}}}"])
 
 
-def decomposed_turns(row: dict) -> tuple[str, str, str]:
+def decomposed_turns(row: dict, max_rounds: int = 0) -> tuple[str, str, str]:
     """(first turn, observation, final turn) of the orchestrator's decomposed solution; with ``roles`` in the row,
-    each directive names its part's role (``[a@calc: 7-9-7]``) unless it is the default role."""
+    each directive names its part's role (``[a@calc: 7-9-7]``) unless it is the default role. The decomposition
+    is one round: with ``max_rounds`` 1 (the recipe's ``agents.max_rounds``) the observation carries the notice
+    the agent driver appends after the last round, so the final turn is trained on the context it will see."""
     spawns = []
     roles = row.get("roles") or [None] * len(row["parts"])
     for p, role in zip(row["parts"], roles, strict=True):
@@ -198,21 +200,23 @@ def decomposed_turns(row: dict) -> tuple[str, str, str]:
         at = f"@{role}" if role and role != row.get("default_role") else ""
         spawns.append(f"[{p['name']}{at}{after}: {part_task(p)}]")
     first = "\n".join(spawns) + "\n" + WAIT
-    obs = format_results([(p["name"], str(p["value"])) for p in row["parts"]], [])
+    obs = format_results([(p["name"], str(p["value"])) for p in row["parts"]],
+                         [round_cap(max_rounds)] if max_rounds == 1 else [])
     final = "\n".join([*_combine_lines(row), f"\\boxed{{{row['answer']}}}"])
     return first, obs, final
 
 
-def sft_pairs(rows: list[dict], prompt_text, spec: CompoundSpec) -> list[tuple[str, str]]:
+def sft_pairs(rows: list[dict], prompt_text, spec: CompoundSpec, max_rounds: int = 0) -> list[tuple[str, str]]:
     """(prompt, completion) pairs: serial rows give one; decomposed rows give the orchestrator's two turns
-    (the observation sits in the second prompt, so it is never a training target) and one per sub-agent."""
+    (the observation sits in the second prompt, so it is never a training target) and one per sub-agent.
+    ``max_rounds``: the agents' round limit the observation must reflect (:func:`decomposed_turns`)."""
     pairs = []
     for row in rows:
         prompt = prompt_text(row)
         if not row["decompose"]:
             pairs.append((prompt, serial_solution(row, spec)))
             continue
-        first, obs, final = decomposed_turns(row)
+        first, obs, final = decomposed_turns(row, max_rounds)
         pairs += [(prompt, first), (prompt + first + obs, final)]
         for p in row["parts"]:
             expr = p["expr"].replace(p["start"], str(_value(row, p["start"])), 1) if p["deps"] else p["expr"]
@@ -242,7 +246,8 @@ def build_compound_task(cfg):
     spec = CompoundSpec(**{"max_operand": cfg.max_operand, **cfg.task_options})
     train, heldout = make_compound_split(spec, cfg.num_train, cfg.num_heldout, cfg.seed)
 
-    def pairs(rows: list[dict], tokenizer) -> list[tuple[str, str]]:
-        return sft_pairs(rows, lambda row: render_prompt(cfg.template, row, tokenizer), spec)
+    def pairs(rows: list[dict], tokenizer, agents=None) -> list[tuple[str, str]]:
+        max_rounds = agents.max_rounds if agents is not None and agents.enabled else 0
+        return sft_pairs(rows, lambda row: render_prompt(cfg.template, row, tokenizer), spec, max_rounds)
 
     return Task(train, heldout, cfg.template, sft_pairs=pairs)

@@ -59,10 +59,11 @@ def _warn_heldout_overlap(rows: list[dict], heldout: list[dict], where: str) -> 
                     "generalisation (give SFT data without them, or held-out data from eval.source)", overlap, where)
 
 
-def sft_pairs(rows: list[dict], task, tokenizer) -> list[tuple[str, str]]:
-    """(prompt, completion) for every row (see module docstring)."""
+def sft_pairs(rows: list[dict], task, tokenizer, agents=None) -> list[tuple[str, str]]:
+    """(prompt, completion) for every row (see module docstring). ``agents``: the recipe's agents section, for
+    tasks whose pairs include agent turns (their observations must match what the agent driver shows)."""
     if task.sft_pairs is not None:  # tasks with several pairs per row (compound: orchestrator turns, sub-agents)
-        return task.sft_pairs(rows, tokenizer)
+        return task.sft_pairs(rows, tokenizer, agents=agents)
     fmt = task.format
     pairs = []
     for row in rows:

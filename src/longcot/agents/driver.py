@@ -37,7 +37,7 @@ from longcot.agents.protocol import (
     format_results,
     majority,
     parse_turn,
-    round_cap,
+    round_notes,
     substitute,
     validate,
     waves,
@@ -227,8 +227,7 @@ class AgentEngine:
                 if not s.subagents[sp.name].trajs:
                     s.budget.release(s.subagents.pop(sp.name).reserved)
             s.problems.update(p.kind for p in problems)
-            if s.rounds >= self.cfg.max_rounds:
-                problems.append(round_cap(self.cfg.max_rounds))
+            problems += round_notes(s.rounds, self.cfg.max_rounds)
             text = format_results(results, problems)
             s.append("obs", text, self._encode(text), None, rnd)
             s.pending, s.turn_problems = [], []

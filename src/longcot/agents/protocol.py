@@ -176,10 +176,13 @@ def majority(answers: list[str]) -> str:
     return next(a for a in answers if votes.get(a) == best)
 
 
-def round_cap(max_rounds: int) -> Problem:
-    """The notice after the last allowed round: the orchestrator must answer now. SFT data that teaches the
-    final turn must show it too (``data/compound.py``), or that turn is trained on a context it never sees."""
-    return Problem("round_cap", f"round limit reached ({max_rounds}): no more sub-agents; give the final answer")
+def round_notes(rounds_done: int, max_rounds: int) -> list[Problem]:
+    """The notice after the last allowed round (the orchestrator must answer now), or nothing. The driver and
+    SFT data that teaches the final turn (``data/compound.py``) both take it from here, or that turn is trained
+    on a context it never sees."""
+    if rounds_done < max_rounds:
+        return []
+    return [Problem("round_cap", f"round limit reached ({max_rounds}): no more sub-agents; give the final answer")]
 
 
 def format_results(results: list[tuple[str, str]], problems: list[Problem]) -> str:

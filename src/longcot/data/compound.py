@@ -26,7 +26,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from longcot.agents.protocol import WAIT, format_results, round_cap
+from longcot.agents.protocol import WAIT, format_results, round_notes
 from longcot.data.arith import _apply, disjoint_split
 
 NAMES = "abcdefgh"
@@ -188,11 +188,11 @@ def serial_solution(row: dict, spec: CompoundSpec) -> str:
     return "\n".join([*lines, *_combine_lines(row), f"\\boxed{{{row['answer']}}}"])
 
 
-def decomposed_turns(row: dict, max_rounds: int = 0) -> tuple[str, str, str]:
+def decomposed_turns(row: dict, max_rounds: int | None = None) -> tuple[str, str, str]:
     """(first turn, observation, final turn) of the orchestrator's decomposed solution; with ``roles`` in the row,
     each directive names its part's role (``[a@calc: 7-9-7]``) unless it is the default role. The decomposition
-    is one round: with ``max_rounds`` 1 (the recipe's ``agents.max_rounds``) the observation carries the notice
-    the agent driver appends after the last round, so the final turn is trained on the context it will see."""
+    is one round: given ``max_rounds`` (the recipe's ``agents.max_rounds``), the observation carries whatever notice
+    the agent driver appends after that round, so the final turn is trained on the context it will see."""
     spawns = []
     roles = row.get("roles") or [None] * len(row["parts"])
     for p, role in zip(row["parts"], roles, strict=True):
@@ -201,15 +201,17 @@ def decomposed_turns(row: dict, max_rounds: int = 0) -> tuple[str, str, str]:
         spawns.append(f"[{p['name']}{at}{after}: {part_task(p)}]")
     first = "\n".join(spawns) + "\n" + WAIT
     obs = format_results([(p["name"], str(p["value"])) for p in row["parts"]],
-                         [round_cap(max_rounds)] if max_rounds == 1 else [])
+                         [] if max_rounds is None else round_notes(1, max_rounds))
     final = "\n".join([*_combine_lines(row), f"\\boxed{{{row['answer']}}}"])
     return first, obs, final
 
 
-def sft_pairs(rows: list[dict], prompt_text, spec: CompoundSpec, max_rounds: int = 0) -> list[tuple[str, str]]:
+def sft_pairs(rows: list[dict], prompt_text, spec: CompoundSpec,
+              max_rounds: int | None = None) -> list[tuple[str, str]]:
     """(prompt, completion) pairs: serial rows give one; decomposed rows give the orchestrator's two turns
     (the observation sits in the second prompt, so it is never a training target) and one per sub-agent.
-    ``max_rounds``: the agents' round limit the observation must reflect (:func:`decomposed_turns`)."""
+    ``max_rounds``: the agents' round limit the observation must reflect (:func:`decomposed_turns`; None: no
+    agents)."""
     pairs = []
     for row in rows:
         prompt = prompt_text(row)
@@ -247,7 +249,7 @@ def build_compound_task(cfg):
     train, heldout = make_compound_split(spec, cfg.num_train, cfg.num_heldout, cfg.seed)
 
     def pairs(rows: list[dict], tokenizer, agents=None) -> list[tuple[str, str]]:
-        max_rounds = agents.max_rounds if agents is not None and agents.enabled else 0
+        max_rounds = agents.max_rounds if agents is not None and agents.enabled else None
         return sft_pairs(rows, lambda row: render_prompt(cfg.template, row, tokenizer), spec, max_rounds)
 
     return Task(train, heldout, cfg.template, sft_pairs=pairs)

@@ -9,7 +9,7 @@ from longcot.policies.build import build_tiny_moe
 from longcot.policies.load import load_policy, load_tokenizer
 from longcot.record import Trajectory
 from longcot.rl.learner import Learner
-from longcot.rl.sync_check import WeightSyncError, check_weight_sync
+from longcot.rl.sync_check import WeightSyncError, check_weight_sync, gap_row, token_gaps
 from longcot.rollout.hf import HFEngine
 
 
@@ -47,3 +47,12 @@ def test_an_engine_on_other_weights_stops_the_run(pair):
             p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(0)) * 0.5)
     with pytest.raises(WeightSyncError, match="differ from the trainer's"):
         check_weight_sync(stale, learner, agent_turns(), max_gap=0.1)
+
+
+def test_the_gap_rule_counts_only_masked_in_tokens():
+    # the rule the local canary and the Ray workers' checks share (runtime/remote.py passes no masks)
+    engine, trainer = [[-1.0, -2.0, -3.0], [-0.5]], [[-1.0, -7.0, -2.5], [-0.75]]
+    assert token_gaps(engine, trainer, [[1, 0, 1], [1]]) == [0.0, 0.5, 0.25]
+    assert token_gaps(engine, trainer) == [0.0, 5.0, 0.5, 0.25]
+    assert gap_row(token_gaps(engine, trainer)) == {"sync_check/gap_mean": 1.4375, "sync_check/gap_max": 5.0}
+    assert token_gaps(engine, trainer, [[0, 0, 0], [0]]) == []

@@ -20,8 +20,8 @@ def has_answer(row: dict) -> bool:
     return value is not None and str(value).strip() != ""
 
 
-def require_answers(rows: list[dict], source: str, skip: bool, option: str) -> tuple[list[dict], int]:
-    """``(rows with a gold answer, how many were skipped)``; without ``skip``, the first row that has none
+def require_answers(rows: list[dict], source: str, skip: bool, option: str) -> tuple[list[dict], list[dict]]:
+    """``(rows with a gold answer, the rows skipped for lacking one)``; without ``skip``, the first row that has none
     raises :class:`~longcot.errors.InputError` naming the source, the row and the option that would skip it."""
     missing = [i for i, r in enumerate(rows) if not has_answer(r)]
     if missing and not skip:
@@ -34,4 +34,4 @@ def require_answers(rows: list[dict], source: str, skip: bool, option: str) -> t
     if missing:
         log.warning("%s: skipped %d of %d rows without a gold answer (%s)", source, len(missing), len(rows), option)
     keep = set(missing)
-    return [r for i, r in enumerate(rows) if i not in keep], len(missing)
+    return [r for i, r in enumerate(rows) if i not in keep], [rows[i] for i in missing]

@@ -87,4 +87,5 @@ def _load(source: str, split: str, columns: dict, needs: tuple[str, ...], key: s
     rows = load_rows(source, split, columns, require=tuple(f for f in needs if f != "answer"), key=key)
     if "answer" not in needs:
         return rows, 0
-    return require_answers(rows, source, skip, "data.skip_missing_answers")
+    kept, skipped = require_answers(rows, source, skip, "data.skip_missing_answers")
+    return kept, len(skipped)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 
-from longcot.data.answers import has_answer, require_answers
+from longcot.data.answers import require_answers
 from longcot.data.sources import load_rows
 from longcot.errors import InputError, MissingKeyError
 from longcot.eval.config import DatasetConfig
@@ -29,8 +29,7 @@ def load_problems_counted(cfg: DatasetConfig) -> tuple[list[dict], list[str]]:
     if not cfg.source:
         raise InputError("eval: dataset.source is empty (a hub name or a .jsonl/.json/.parquet file)")
     rows = load_rows(cfg.source, split=cfg.split, columns=cfg.columns, limit=cfg.limit, key="dataset.columns")
-    no_answer = [str(r.get("id", i)) for i, r in enumerate(rows) if not has_answer(r)]
-    rows, _ = require_answers(rows, cfg.source, cfg.skip_missing_answers, "dataset.skip_missing_answers")
+    rows, skipped = require_answers(rows, cfg.source, cfg.skip_missing_answers, "dataset.skip_missing_answers")
     seen: set[str] = set()
     for i, row in enumerate(rows):
         row["answer"] = str(row["answer"])
@@ -40,7 +39,7 @@ def load_problems_counted(cfg: DatasetConfig) -> tuple[list[dict], list[str]]:
         seen.add(row["id"])
     if not rows:
         raise InputError(f"{cfg.source}: no problems")
-    return rows, no_answer
+    return rows, [str(r["id"]) for r in skipped]
 
 
 def effective_template(template: str, tokenizer) -> str:

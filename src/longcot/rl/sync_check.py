@@ -41,9 +41,8 @@ def check_weight_sync(engine: Any, learner: Any, trajs: list[Trajectory], max_ga
     trainer_lp = learner.policy_logprobs(live)
     # only the tokens the policy wrote: the learner gives no log-prob to masked ones (an agent's observations,
     # a tool's output), which the engine still scores
-    gaps = [abs(a - b) for t, e, tr in zip(live, engine_lp, trainer_lp, strict=True)
-            for a, b, m in zip(e, tr, t.mask(), strict=True) if m]
-    out = {"sync_check/gap_mean": sum(gaps) / len(gaps), "sync_check/gap_max": max(gaps)}
+    gaps = token_gaps(engine_lp, trainer_lp, [t.mask() for t in live])
+    out = gap_row(gaps)
     if out["sync_check/gap_mean"] > max_gap:
         raise WeightSyncError(
             f"weight sync check failed at policy version {learner.version}: the engine's log-probs differ from the "
@@ -51,3 +50,17 @@ def check_weight_sync(engine: Any, learner: Any, trajs: list[Trajectory], max_ga
             f"{len(gaps)} tokens, above rollout.sync_check_max_gap={max_gap}. The engine is not sampling from the "
             "policy being trained; see docs/rollout.md 'Weight sync'.")
     return out
+
+
+def token_gaps(engine_lp: list[list[float]], trainer_lp: list[list[float]],
+               masks: list[list[int]] | None = None) -> list[float]:
+    """The absolute log-prob gap of every token whose mask is 1 (all when ``masks`` is None), of the same responses
+    scored by the engine and by the trainer: the one gap rule of the local canary and the Ray workers' checks."""
+    masks = masks or [[1] * len(e) for e in engine_lp]
+    return [abs(a - b) for e, tr, mask in zip(engine_lp, trainer_lp, masks, strict=True)
+            for a, b, m in zip(e, tr, mask, strict=True) if m]
+
+
+def gap_row(gaps: list[float]) -> dict[str, float]:
+    """The canary's metrics from :func:`token_gaps` (non-empty)."""
+    return {"sync_check/gap_mean": sum(gaps) / len(gaps), "sync_check/gap_max": max(gaps)}

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from longcot.record import Trajectory
-from longcot.rl.sync_check import WeightSyncError
+from longcot.rl.sync_check import WeightSyncError, gap_row, token_gaps
 from longcot.rollout.base import Prompt, SamplingConfig
 from longcot.rollout.common import check_inputs
 from longcot.runtime.weights import PublishedWeights
@@ -118,11 +118,11 @@ class WorkerEngine:
 
     def _record_check(self, pub: PublishedWeights, engine_lp: list[list[float]]) -> None:
         """The weight-sync canary on this worker: its log-probs after loading ``pub`` vs the trainer's."""
-        pairs = zip(engine_lp, pub.check_logprobs, strict=True)
-        gaps = [abs(a - b) for e, t in pairs for a, b in zip(e, t, strict=True)]
+        # every response token: the trainer actor scores the check pairs unmasked (observations too), as the engine
+        gaps = token_gaps(engine_lp, pub.check_logprobs)
         if not gaps:
             return
-        row = {"sync_check/gap_mean": sum(gaps) / len(gaps), "sync_check/gap_max": max(gaps)}
+        row = gap_row(gaps)
         self.checks.append(row)
         if row["sync_check/gap_mean"] > self.max_gap:
             raise WeightSyncError(

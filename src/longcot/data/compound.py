@@ -44,8 +44,8 @@ class CompoundSpec:
     recheck: bool = True  # a "check" line after every step of a part (the work sub-agents take over)
     decomposed_frac: float = 0.2  # fraction of SFT traces that decompose
     combine: str = "sum"  # the answer: "sum" (a signed sum of the parts) or "tuple" (every part's value, in order)
-    roles: str = ""  # comma-separated sub-agent roles; each SFT directive names one ([a@calc: ...]), drawn from a
-    # mixture of the roles drawn per row; the first is the default role: its directives name no role
+    roles: str = ""  # comma-separated sub-agent roles; each SFT directive picks one at random ([a@calc: ...]);
+    # the first is the default role: its directives name no role
 
     def __post_init__(self) -> None:
         if not 2 <= self.min_parts <= self.max_parts <= len(NAMES):
@@ -117,23 +117,10 @@ def make_compound(rng: random.Random, spec: CompoundSpec) -> dict:
     problem = "; ".join(f"{p['name']}={p['expr']}" for p in parts) + f"; find {combo}"
     row = {"problem": problem, "answer": str(answer), "parts": parts, "signs": signs, "subtasks": subtasks(parts),
            "decompose": rng.random() < spec.decomposed_frac, "difficulty": sum(len(p["ops"]) for p in parts)}
-    if spec.role_names:  # from their own generator: roles never change the problems
-        row["roles"] = _draw_roles(random.Random(f"roles:{problem}"), spec.role_names, len(parts))
+    if spec.role_names:  # drawn last: a spec without roles makes the same problems as before roles existed
+        row["roles"] = [rng.choice(spec.role_names) for _ in parts]
         row["default_role"] = spec.role_names[0]
     return row
-
-
-def _draw_roles(rng: random.Random, names: list[str], n: int) -> list[str]:
-    """One role per part, from a mixture drawn per row (uniform over the simplex of role weights).
-
-    Why a mixture per row and not one uniform choice per part: with per-part choices, a row whose six parts all
-    go to one role comes once in 64, so an orchestrator that RL moves to one role (the cost term favours the
-    cheap specialist) writes final turns after contexts SFT hardly showed, and miscopies the answers (the wide
-    task with a frozen specialist: 0.78 held-out with six ``@calc`` directives after RL vs 0.88-0.91 with two to
-    four before it). A mixture per row shows every split, all-one-role included, about equally often."""
-    cuts = sorted(rng.random() for _ in names[1:])
-    weights = [b - a for a, b in zip([0.0, *cuts], [*cuts, 1.0], strict=True)]
-    return rng.choices(names, weights=weights, k=n)
 
 
 def subtasks(parts: list[dict]) -> list[list[str]]:

@@ -5,6 +5,7 @@
 For each run directory: held-out accuracy before and after RL (``summary.json``), how many steps had a token whose
 engine/trainer log-prob gap exceeded 1 and the worst such gap (``mismatch/gap_max``), the mean gap
 (``logprob_gap``), the mean routing agreement and the training reward over the last 25 steps (``metrics.jsonl``).
+``moe_curves.py`` plots the same runs; this is the per-run table the section's text quotes.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+
+from longcot.plots import read_metrics
 
 
 def _mean(rows: list[dict], key: str) -> float | None:
@@ -21,14 +24,14 @@ def _mean(rows: list[dict], key: str) -> float | None:
 
 def summarize(run: Path) -> dict:
     evals = json.loads((run / "summary.json").read_text())["eval"]
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rows = read_metrics(run / "metrics.jsonl")
     gaps = [r["mismatch/gap_max"] for r in rows if "mismatch/gap_max" in r]
     start = evals.get("initial", evals.get("after_sft"))["accuracy"]
     end = evals["after_rl"]["accuracy"]
     return {"initial": start, "after_rl": end, "gain_points": round(100 * (end - start), 1),
             "steps_with_token_gap_over_1": sum(g > 1 for g in gaps), "worst_token_gap": max(gaps, default=None),
             "mean_logprob_gap": _mean(rows, "logprob_gap"), "routing_agreement_mean": _mean(rows, "routing/agreement"),
-            "reward_mean_last_25": round(sum(r["reward_mean"] for r in rows[-25:]) / len(rows[-25:]), 3)}
+            "reward_mean_last_25": round(_mean(rows[-25:], "reward_mean"), 3)}
 
 
 def main() -> None:

@@ -17,6 +17,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from longcot.jsonl import read_jsonl
+
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = str(ROOT / "recipes" / "tiny" / "arith-moe.yaml")
 EXPORT = ["-m", "longcot.data.export", "arith"]
@@ -39,7 +41,7 @@ STEPS = [
 def read_run(run: Path) -> dict:
     """What the docs quote from a run: held-out accuracies, warnings, reward and gradient per RL step."""
     summary = json.loads((run / "summary.json").read_text())
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    rows = read_jsonl(run / "metrics.jsonl")
     return {"eval": {stage: e["accuracy"] for stage, e in summary["eval"].items()},
             "warnings": [w["message"] for w in summary.get("warnings", [])],
             "reward_mean": [r["reward_mean"] for r in rows], "grad_norm": [r["grad_norm"] for r in rows],

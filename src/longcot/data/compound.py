@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from longcot.agents.protocol import WAIT, format_results, round_notes
 from longcot.data.arith import _apply, disjoint_split
 
-NAMES = "abcdefgh"
+NAMES = "abcdefghijklmnop"  # part names; a problem has at most this many parts
 
 
 @dataclass(frozen=True)

@@ -6,13 +6,16 @@ For each run directory (``longcot train recipes/tiny/parl-wide*.yaml``) it reads
 after SFT and after RL) and, for agent runs, the traces of the last evaluation (``agents/eval-*.jsonl``), and
 reports per evaluation: accuracy, the latency measure (agent runs: critical-path tokens; serial runs: response
 tokens, which are their critical path), sub-task fidelity and part coverage, sub-agent tokens per sample and per
-solved problem, the roles used, and the RL budget (steps x prompts x samples) the run spent.
+solved problem, the roles used, and the RL budget (steps x prompts x samples) the run spent. For tuple answers it
+also says where decomposed samples go wrong (``tuple_stages``): directives that are all the problem's parts, every
+sub-agent right, and a final answer that lists the sub-agents' answers in order (each stage can fail alone).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -41,6 +44,31 @@ def _row(ev: dict, agents: bool) -> dict:
     return row
 
 
+_BOXED_TUPLE = re.compile(r"\\boxed\{\((.*)\)\}")
+_FIND = re.compile(r"find \(([^)]*)\)")
+
+
+def tuple_stages(traces: list[dict]) -> dict | None:
+    """Of the decomposed samples of a tuple task (``find (a, b, ...)``), the fraction whose directives are all
+    faithful, whose sub-agents are all right, and whose final answer copies the sub-agents' answers in order. None
+    when no sample decomposed or the task is not a tuple."""
+    faithful = subs_right = copied = n = 0
+    for t in traces:
+        names, final = _FIND.search(t["prompt"]), _BOXED_TUPLE.search(t["pieces"][-1]["text"])
+        if not t["subagents"] or names is None or not t["answer"].startswith("("):
+            continue
+        n += 1
+        answers = {s["name"]: s["answer"] for s in t["subagents"]}
+        by_part = [answers.get(name.strip()) for name in names.group(1).split(",")]
+        faithful += t["summary"].get("subtask_fidelity") == 1.0
+        subs_right += by_part == t["answer"].strip("()").split(", ")
+        copied += final is not None and final.group(1).split(", ") == by_part
+    if not n:
+        return None
+    return {"samples": n, "directives_all_faithful": round(faithful / n, 4),
+            "subagents_all_right": round(subs_right / n, 4), "final_copies_subagents": round(copied / n, 4)}
+
+
 def summarize(run: Path) -> dict:
     summary = json.loads((run / "summary.json").read_text())
     cfg = yaml.safe_load((run / "config.yaml").read_text())
@@ -52,7 +80,8 @@ def summarize(run: Path) -> dict:
     traces = _eval_traces(run) if agents else []
     if traces:  # the last eval's samples: how many decomposed, and the roles they used
         out["last_eval_samples"] = {"decomposed_frac": sum(t["summary"]["subagents"] > 0 for t in traces) / len(traces),
-                                    "roles": dict(Counter(s.get("role", "?") for t in traces for s in t["subagents"]))}
+                                    "roles": dict(Counter(s.get("role", "?") for t in traces for s in t["subagents"])),
+                                    "tuple_stages": tuple_stages(traces)}
     return out
 
 
@@ -67,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         after = r["eval"].get("after_rl", {})
         print(f"{r['run']}: seed {r['seed']} agents {r['agents']} rl_samples {r['rl_samples']} after RL {after}")
+        if stages := r.get("last_eval_samples", {}).get("tuple_stages"):
+            print(f"  decomposed samples of the last eval: {stages}")
     print(f"wrote {args.out}")
     return 0
 

@@ -35,7 +35,8 @@ def check_steps(text: str) -> None:
 
 
 @pytest.mark.parametrize("spec", [CompoundSpec(), CompoundSpec(ops="+-", dep_prob=0.5, min_parts=2, max_parts=6),
-                                  CompoundSpec(ops="+-", dep_prob=0.0, min_parts=3, max_parts=8, combine="tuple")])
+                                  CompoundSpec(ops="+-", dep_prob=0.0, min_parts=3, max_parts=8, combine="tuple"),
+                                  CompoundSpec(ops="+-", dep_prob=0.0, min_parts=12, max_parts=12, combine="tuple")])
 def test_traces_are_correct_and_decompositions_follow_the_protocol(spec):
     rng = random.Random(0)
     for _ in range(200):
@@ -46,7 +47,7 @@ def test_traces_are_correct_and_decompositions_follow_the_protocol(spec):
         first, obs, final = decomposed_turns(row)
         turn = parse_turn(first)
         assert turn.waited and not turn.problems
-        accepted, problems = validate(turn.spawns, set(), cap=8)
+        accepted, problems = validate(turn.spawns, set(), cap=16)
         assert not problems and [s.name for s in accepted] == [p["name"] for p in row["parts"]]
         values = {p["name"]: str(p["value"]) for p in row["parts"]}
         plan = waves(accepted, set())

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import yaml
 
+from longcot.rewards.math import last_boxed
+
 
 def _eval_traces(run: Path) -> list[dict]:
     """The agent trees of the run's last evaluation call (the held-out eval after RL)."""
@@ -44,8 +46,14 @@ def _row(ev: dict, agents: bool) -> dict:
     return row
 
 
-_BOXED_TUPLE = re.compile(r"\\boxed\{\((.*)\)\}")
 _FIND = re.compile(r"find \(([^)]*)\)")
+
+
+def _items(tuple_text: str | None) -> list[str] | None:
+    """``(1, -2, 3)`` -> ``["1", "-2", "3"]``; None when the text is not a tuple."""
+    if tuple_text is None or not (tuple_text.startswith("(") and tuple_text.endswith(")")):
+        return None
+    return tuple_text[1:-1].split(", ")
 
 
 def tuple_stages(traces: list[dict]) -> dict | None:
@@ -54,15 +62,15 @@ def tuple_stages(traces: list[dict]) -> dict | None:
     when no sample decomposed or the task is not a tuple."""
     faithful = subs_right = copied = n = 0
     for t in traces:
-        names, final = _FIND.search(t["prompt"]), _BOXED_TUPLE.search(t["pieces"][-1]["text"])
-        if not t["subagents"] or names is None or not t["answer"].startswith("("):
+        names, gold = _FIND.search(t["prompt"]), _items(t["answer"])
+        if not t["subagents"] or names is None or gold is None:
             continue
         n += 1
         answers = {s["name"]: s["answer"] for s in t["subagents"]}
         by_part = [answers.get(name.strip()) for name in names.group(1).split(",")]
         faithful += t["summary"].get("subtask_fidelity") == 1.0
-        subs_right += by_part == t["answer"].strip("()").split(", ")
-        copied += final is not None and final.group(1).split(", ") == by_part
+        subs_right += by_part == gold
+        copied += _items(last_boxed(t["pieces"][-1]["text"])) == by_part  # the box the reward grades
     if not n:
         return None
     return {"samples": n, "directives_all_faithful": round(faithful / n, 4),

@@ -77,6 +77,14 @@ class Trajectory:
         return self.loss_mask if self.loss_mask else [1] * len(self.response_ids)
 
 
+def carries_signal(t: Trajectory) -> bool:
+    """Whether a trained token of ``t`` has a non-zero advantage (a group of equal rewards has exactly 0)."""
+    mask, a = t.mask(), t.advantage
+    if isinstance(a, list):
+        return any(m and x != 0 for m, x in zip(mask, a, strict=False))
+    return a != 0 and any(mask)
+
+
 def groups(trajs: list[Trajectory]) -> dict[str, list[Trajectory]]:
     """Trajectories by ``group_id``, in first-seen order."""
     out: dict[str, list[Trajectory]] = {}

@@ -183,6 +183,11 @@ class RLConfig:
     max_off_policy_steps: int = 0
     reset_optimizer: bool = False  # clear optimizer state every iteration (k1.5; the k15 loss asks for it)
     kl_in: Literal["loss", "reward"] = "loss"  # where kl_coef applies: per-token loss term, or subtracted from R
+    # Samples whose advantage is 0 on every token (a group of equal rewards) carry no gradient: leave them out of
+    # the forward/backward, with the step's loss denominators unchanged, so the update is the same for less
+    # compute. Applies when the loss is 0 at A = 0 (ppo_clip, gspo, cispo) and nothing else in the loss needs
+    # them (no KL in the loss, entropy bonus, router aux loss or rollout rejection); docs/algorithms.md.
+    skip_zero_advantage: bool = True
     dynamic_sampling: bool = False  # DAPO: drop groups whose rewards are all equal, refill up to prompts_per_step
     dynamic_max_extra_rounds: int = 2  # cap on extra generation rounds per step
     length_penalty_reward: str = "k15_length"  # the reward whose weight follows the warm-up schedule

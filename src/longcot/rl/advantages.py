@@ -21,20 +21,29 @@ from longcot.registry import Registry, check_options
 ADVANTAGES: Registry = Registry("advantage estimator")
 
 
+def centred(rewards: torch.Tensor) -> torch.Tensor:
+    """R_i - mean_G R, exactly 0 for a group of equal rewards: eight rewards of 0.1 average to 0.09999999999999999,
+    and the 1e-17 left over would make GRPO's std division an advantage of 1e-11 instead of 0. Exact zeros are
+    what lets the trainer leave such samples out of the backward pass (``rl.skip_zero_advantage``)."""
+    if rewards.numel() == 0 or bool((rewards == rewards[0]).all()):
+        return torch.zeros_like(rewards)
+    return rewards - rewards.mean()
+
+
 @ADVANTAGES.register("grpo")
 def grpo(rewards: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """GRPO: (R_i - mean_G R) / (std_G R + eps). Population std (``unbiased=False``) so G=2 behaves; 0 for
     a group with equal rewards."""
     if rewards.numel() < 2:
         return torch.zeros_like(rewards)
-    return (rewards - rewards.mean()) / (rewards.std(unbiased=False) + eps)
+    return centred(rewards) / (rewards.std(unbiased=False) + eps)
 
 
 @ADVANTAGES.register("dr_grpo")
 def dr_grpo(rewards: torch.Tensor) -> torch.Tensor:
     """Dr.GRPO (Liu et al. 2025): R_i - mean_G R. No std division: dividing by the group's std up-weights
     prompts that are nearly always solved or failed (a difficulty bias)."""
-    return rewards - rewards.mean()
+    return centred(rewards)
 
 
 @ADVANTAGES.register("rloo")
@@ -44,15 +53,14 @@ def rloo(rewards: torch.Tensor) -> torch.Tensor:
     g = rewards.numel()
     if g < 2:
         return torch.zeros_like(rewards)
-    loo_mean = (rewards.sum() - rewards) / (g - 1)
-    return rewards - loo_mean
+    return centred(rewards) * (g / (g - 1))
 
 
 @ADVANTAGES.register("k15")
 def k15(rewards: torch.Tensor) -> torch.Tensor:
     """Kimi k1.5: r_j - r_bar with r_bar the group mean (the empirical estimate of tau log Z). The 1/k of
     the paper's gradient is the loss aggregation's mean over sequences."""
-    return rewards - rewards.mean()
+    return centred(rewards)
 
 
 def _reinforce_pp_batch_normalize(trajs: list[Trajectory], eps: float = 1e-6) -> None:
@@ -77,7 +85,7 @@ def reinforce_pp(rewards: torch.Tensor) -> torch.Tensor:
     """REINFORCE++-baseline (Hu et al. 2025): A = R - mean_G R per group, then whitened over the batch's tokens
     (``batch_normalize``, eps 1e-6). Using the batch std instead of each group's avoids GRPO's blow-up on
     near-uniform groups while keeping advantages on a unit scale."""
-    return rewards - rewards.mean()
+    return centred(rewards)
 
 
 def assign_advantages(trajs: list[Trajectory], name: str = "grpo", **kwargs) -> None:

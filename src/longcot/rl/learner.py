@@ -29,7 +29,7 @@ from torch.utils._pytree import tree_map_only
 from longcot.config import Recipe
 from longcot.policies.moe import MoERouting
 from longcot.policies.optimizers import build_optimizer, optimizer_metrics
-from longcot.record import Trajectory
+from longcot.record import Trajectory, carries_signal
 from longcot.rl.batch import (
     Scorer,
     TokenBatch,
@@ -241,9 +241,13 @@ class Learner:
         live = [t for t in trajs if t.response_ids and any(t.mask())]
         if not live:  # nothing finished this step (partial rollouts) or nothing kept (dynamic sampling)
             return {"skipped_update": 1.0}
-        batches = [b for _, b in self._plan(live)]
-        totals = (float(sum(b.mask.sum() for b in batches)), float(sum((b.mask.sum(-1) > 0).sum() for b in batches)))
-        results = self._run("update", [(share, totals) for share, _ in self._shares(batches)], timer)
+        # the loss denominators count every live sample, trained or not: skipping changes the cost, not the step
+        totals = (float(sum(sum(t.mask()) for t in live)), float(len(live)))
+        trained = [t for t in live if carries_signal(t)] if self.skips_zero_advantage else live
+        trained = trained or live  # all zero: still one (momentum-only) optimizer step, as without skipping
+        batches = [b for _, b in self._plan(trained)]
+        share = float(sum(sum(t.mask()) for t in trained)) / totals[0]  # metrics: means over trained tokens
+        results = self._run("update", [(part, totals, share) for part, _ in self._shares(batches)], timer)
         observed = [part.pop("_first_pass") for part in results]
         sums: dict[str, float] = {}
         for part in results:  # each rank's token-weighted sums: their sum is the step's mean
@@ -253,10 +257,22 @@ class Learner:
         sums["lr"] = self.rl.lr * self.lr_scale()
         sums.update(optimizer_metrics(self.optimizer))  # MuonClip: max attention logit of the last step
         sums.update(FirstPass.merged(observed))
+        sums["zero_advantage_skipped_frac"] = 1.0 - len(trained) / len(live)
         return sums
 
+    @property
+    def skips_zero_advantage(self) -> bool:
+        """Whether samples of advantage 0 may leave the forward/backward without changing the update
+        (``rl.skip_zero_advantage``): the loss is 0 with no gradient at A = 0 (its ``zero_at_zero_advantage``)
+        and no other term of the loss reads those samples (KL to the reference, entropy bonus, router aux
+        loss), nor does a rollout rejection recount the denominators from the trained tokens."""
+        rl = self.rl
+        return (rl.skip_zero_advantage and bool(getattr(self.loss_fn, "zero_at_zero_advantage", False))
+                and not (self.ref_model is not None and rl.kl_in == "loss") and not rl.entropy_coef
+                and not rl.router_aux_coef and rl.rollout_correction.rollout_rs is None)
+
     def _op_update(self, payload: tuple, timer: StepTimer) -> dict:
-        share, totals = payload
+        share, totals, trained_share = payload
         rl = self.rl
         chunks = [(b.to(self.device), filler) for b, filler in share]
         seen = FirstPass()
@@ -272,7 +288,7 @@ class Learner:
                 for i, (c, filler) in enumerate(chunks):
                     with self.strategy.grad_sync(self.model, sync=i == len(chunks) - 1):
                         loss, m = self._micro_step(c, filler, total_tokens, total_seqs, update == 0, seen)
-                    w = float(c.mask.sum()) / max(total_tokens, 1.0)
+                    w = float(c.mask.sum()) / max(total_tokens * trained_share, 1.0)
                     for k, v in m.items():
                         sums[k] = sums.get(k, 0.0) + v * w / rl.updates_per_step
                     # each micro-batch's loss is already its share of the step's (whole-step denominators)

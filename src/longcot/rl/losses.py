@@ -7,8 +7,10 @@ the trainer only ever calls :func:`policy_loss`, so it knows nothing about which
 
 Registered: ppo_clip (GRPO/DAPO), gspo, cispo, k15, k25. Formulas: docs/algorithms.md. Attributes a loss may
 carry for the trainer: ``reset_optimizer`` (k15/k25: clear the optimizer state each iteration; see
-:func:`resets_optimizer`) and
-``recommended_agg`` (the aggregation its paper uses; informational).
+:func:`resets_optimizer`), ``recommended_agg`` (the aggregation its paper uses; informational) and
+``zero_at_zero_advantage`` (its per-token loss and gradient are 0 wherever the advantage is 0, so the trainer may
+leave samples of advantage 0 out of the forward/backward: ``rl.skip_zero_advantage``; not k15/k25, whose
+(tau/2) log-ratio^2 term does not scale with A).
 """
 
 from __future__ import annotations
@@ -83,7 +85,7 @@ def aggregate(per_token: torch.Tensor, mask: torch.Tensor, mode: str, *, max_len
     raise ValueError(f"unknown loss aggregation '{mode}'; expected one of {AGGREGATIONS}")
 
 
-@LOSSES.register("ppo_clip", recommended_agg="token-mean")
+@LOSSES.register("ppo_clip", recommended_agg="token-mean", zero_at_zero_advantage=True)
 def ppo_clip(b: LossBatch, clip_low: float = 0.2, clip_high: float = 0.2, dual_clip: float | None = None):
     """PPO/GRPO clipped surrogate: -min(r A, clip(r, 1-clip_low, 1+clip_high) A), r = pi_theta / pi_old.
 
@@ -108,7 +110,7 @@ def _seq_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * m).sum(-1) / m.sum(-1).clamp(min=1.0)
 
 
-@LOSSES.register("gspo", recommended_agg="seq-mean-token-mean")
+@LOSSES.register("gspo", recommended_agg="seq-mean-token-mean", zero_at_zero_advantage=True)
 def gspo(b: LossBatch, clip_low: float = 3e-4, clip_high: float = 4e-4, variant: str = "sequence"):
     """GSPO (Zheng et al. 2025): a sequence-level ratio s_i = exp(mean_t log r_{i,t}) in the clipped surrogate,
     -min(s_i A_i, clip(s_i, 1-clip_low, 1+clip_high) A_i). Recommended for MoE: one ratio per sequence is
@@ -139,7 +141,7 @@ def gspo(b: LossBatch, clip_low: float = 3e-4, clip_high: float = 4e-4, variant:
     return loss, metrics
 
 
-@LOSSES.register("cispo", recommended_agg="token-mean")
+@LOSSES.register("cispo", recommended_agg="token-mean", zero_at_zero_advantage=True)
 def cispo(b: LossBatch, clip_low: float = 1.0, clip_high: float = 0.28):
     """CISPO (MiniMax-M1, 2025): -sg(clip(r, 1-clip_low, 1+clip_high)) * A * log pi_theta, token-mean.
 

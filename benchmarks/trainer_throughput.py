@@ -15,6 +15,10 @@ MFU = model FLOPs per second / peak dense bf16 FLOP/s of the device. Model FLOPs
 attends to half its sequence on average, fwd 2 matmuls of 2 FLOPs per multiply-add, bwd twice fwd).
 
 Run (on a GPU machine):  PYTHONPATH=src python benchmarks/trainer_throughput.py --out results.json
+
+``--zero-signal F --ab-skip``: a fraction F of the groups has advantage 0 on every sample (equal rewards), and the
+steps alternate between ``rl.skip_zero_advantage`` on and off in one process: ``skip_speedup`` is the ratio of
+their median step times (docs/algorithms.md, "Samples of advantage 0 skip the backward").
 """
 
 from __future__ import annotations
@@ -60,6 +64,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--heads", type=int, default=14)
     ap.add_argument("--kv-heads", type=int, default=2)
     ap.add_argument("--vocab", type=int, default=151936)
+    ap.add_argument("--zero-signal", type=float, default=0.0,
+                    help="fraction of groups whose samples all get advantage 0 (equal rewards)")
+    ap.add_argument("--ab-skip", action="store_true",
+                    help="alternate steps with rl.skip_zero_advantage on and off; report both and their ratio")
     ap.add_argument("--out", default=None)
     return ap.parse_args(argv)
 
@@ -85,13 +93,15 @@ def matmul_params(model: torch.nn.Module) -> int:
 
 def synthetic_batch(a: argparse.Namespace, rng: random.Random, step: int) -> list[Trajectory]:
     trajs = []
+    zero_groups = round(a.zero_signal * a.prompts)  # the first ones: same count every step
     for p in range(a.prompts):
         prompt = [rng.randrange(a.vocab) for _ in range(a.prompt_len)]
         for _ in range(a.n):
             r = rng.randint(a.response_len // 2, a.response_len * 3 // 2)
             trajs.append(Trajectory(prompt_id=f"{step}-{p}", group_id=f"{step}-{p}", prompt_ids=prompt,
                                     response_ids=[rng.randrange(a.vocab) for _ in range(r)],
-                                    rollout_logprobs=[-2.0] * r, advantage=rng.gauss(0.0, 1.0)))
+                                    rollout_logprobs=[-2.0] * r,
+                                    advantage=0.0 if p < zero_groups else rng.gauss(0.0, 1.0)))
     return trajs
 
 
@@ -125,17 +135,20 @@ def main(argv: list[str] | None = None) -> dict:
     learner = Learner(model, PadOnly(), recipe)
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     rng = random.Random(0)
-    times, tokens, flops = [], [], []
+    times, tokens, flops, unskipped = [], [], [], []
     for step in range(a.warmup + a.steps):
         trajs = synthetic_batch(a, rng, step)
+        skip = not (a.ab_skip and step % 2)  # --ab-skip: odd steps train on every sample
+        learner.rl.skip_zero_advantage = skip
         sync()
         t0 = time.perf_counter()
         learner.update(trajs)
         sync()
         if step >= a.warmup:
-            times.append(time.perf_counter() - t0)
-            tokens.append(sum(len(t.prompt_ids) + len(t.response_ids) for t in trajs))
-            flops.append(step_flops(trajs, n_matmul, a.layers, a.hidden))
+            (times if skip else unskipped).append(time.perf_counter() - t0)
+            if skip:
+                tokens.append(sum(len(t.prompt_ids) + len(t.response_ids) for t in trajs))
+                flops.append(step_flops(trajs, n_matmul, a.layers, a.hidden))
     sec = statistics.median(times)
     tok_s = statistics.median(t / s for t, s in zip(tokens, times, strict=True))
     flop_s = statistics.median(f / s for f, s in zip(flops, times, strict=True))
@@ -144,6 +157,9 @@ def main(argv: list[str] | None = None) -> dict:
               "sequences_per_step": a.prompts * a.n, "tokens_per_s": tok_s, "model_tflop_per_s": flop_s / 1e12,
               "peak_bf16_tflop_per_s": peak / 1e12 if peak else None, "mfu": flop_s / peak if peak else None,
               "max_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None}
+    if unskipped:  # tokens/s and MFU above count every sample's tokens, trained or skipped
+        result |= {"median_step_seconds_no_skip": statistics.median(unskipped),
+                   "skip_speedup": statistics.median(unskipped) / sec}
     print(json.dumps(result, indent=1))
     if a.out:
         Path(a.out).write_text(json.dumps(result, indent=1) + "\n")

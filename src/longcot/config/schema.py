@@ -219,14 +219,8 @@ class TrainerConfig:
     precision: Literal["auto", "fp32", "bf16-mixed"] = "auto"  # auto: bf16-mixed on GPU, fp32 on CPU
     # how long a follower rank waits for rank 0's next command (it waits through every rollout phase)
     timeout_minutes: float = 360.0
-    # torch.compile the policy's decoder stack (dynamic shapes) in the trainer: faster steps once compiled, after a
-    # compile of ~1 min on a CPU; pays on long runs, not on a 3-minute demo (docs/training.md). strategy single.
-    compile: bool = False
 
     def __post_init__(self) -> None:
-        if self.compile and self.strategy != "single":
-            raise ValueError(f"trainer.compile=true is built and tested with trainer.strategy=single only, got "
-                             f"trainer.strategy={self.strategy}: set trainer.compile=false")
         if self.ranks < 1:
             raise ValueError(f"trainer.ranks must be >= 1, got {self.ranks}")
         if self.strategy == "single" and self.ranks != 1:

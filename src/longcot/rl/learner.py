@@ -120,8 +120,6 @@ class Learner:
         if self.rl.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.train()  # HF gradient checkpointing acts in train mode only; Qwen configs have no dropout
-        if self.cfg.compile:  # in place: parameter names (checkpoints, weight sync) stay those of the eager model
-            model.base_model.compile(dynamic=True)
         self.scorer = Scorer(model, self.rl.logit_chunk_tokens)
         self.model = self.strategy.wrap(self.scorer)
         # The reference is the policy RL starts from; on resume it is rebuilt the same way (not stored).

@@ -16,9 +16,11 @@ attends to half its sequence on average, fwd 2 matmuls of 2 FLOPs per multiply-a
 
 Run (on a GPU machine):  PYTHONPATH=src python benchmarks/trainer_throughput.py --out results.json
 
-``--zero-signal F --ab-skip``: a fraction F of the groups has advantage 0 on every sample (equal rewards), and the
-steps alternate between ``rl.skip_zero_advantage`` on and off in one process: ``skip_speedup`` is the ratio of
-their median step times (docs/algorithms.md, "Samples of advantage 0 skip the backward").
+``--ab KEY=VALUE ...``: a second learner with those recipe overrides; each batch goes through both, in alternating
+order, and ``ab_speedup`` is the ratio of their median step times. E.g. ``--zero-signal 0.5 --base
+rl.skip_zero_advantage=false --ab rl.skip_zero_advantage=true`` (half the groups with advantage 0: what skipping
+them saves, docs/algorithms.md) or ``--policy CHECKPOINT --ab rl.micro_batch_size=128`` (the demo's update with
+micro-batches twice as large).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from longcot.config import load_recipe  # noqa: E402
+from longcot.policies.load import load_policy  # noqa: E402
 from longcot.record import Trajectory  # noqa: E402
 from longcot.rl.learner import Learner  # noqa: E402
 
@@ -66,8 +69,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--vocab", type=int, default=151936)
     ap.add_argument("--zero-signal", type=float, default=0.0,
                     help="fraction of groups whose samples all get advantage 0 (equal rewards)")
-    ap.add_argument("--ab-skip", action="store_true",
-                    help="alternate steps with rl.skip_zero_advantage on and off; report both and their ratio")
+    ap.add_argument("--policy", default=None, help="a checkpoint to train instead of the --layers ... model")
+    ap.add_argument("--base", nargs="+", default=[], metavar="KEY=VALUE", help="recipe overrides of the learner")
+    ap.add_argument("--ab", nargs="+", default=None, metavar="KEY=VALUE",
+                    help="a second learner with these recipe overrides (after --base); every batch goes through "
+                         "both (the order alternates) and ab_speedup = median step of the first / of the second")
     ap.add_argument("--out", default=None)
     return ap.parse_args(argv)
 
@@ -118,48 +124,53 @@ class PadOnly:
     pad_token_id = 0
 
 
+def learner_for(a: argparse.Namespace, extra: list[str]) -> Learner:
+    model = build_model(a) if a.policy is None else load_policy(a.policy)
+    overrides = [f"rl.micro_batch_size={a.micro_batch}", f"rollout.max_tokens={a.response_len * 2}",
+                 f"rl.micro_batch_tokens={a.micro_batch_tokens}", f"trainer.precision={a.precision}",
+                 f"rl.gradient_checkpointing={str(a.gradient_checkpointing).lower()}",
+                 f"rl.logit_chunk_tokens={a.logit_chunk}", f"rl.loss.name={a.loss}", *extra]
+    return Learner(model, PadOnly(), load_recipe(ROOT / "recipes/tiny/arith-moe.yaml", overrides))
+
+
 def main(argv: list[str] | None = None) -> dict:
     a = parse_args(argv)
     cuda = torch.cuda.is_available()  # on a CPU it still runs (a smoke test), with no MFU
     name = torch.cuda.get_device_name() if cuda else "cpu"
     peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
-    model = build_model(a)
+    learners = [learner_for(a, a.base)] + ([learner_for(a, [*a.base, *a.ab])] if a.ab else [])
+    model = learners[0].scorer.lm
+    if a.policy is not None:  # the synthetic batch draws token ids from the policy's vocabulary
+        a.vocab, a.layers, a.hidden = model.config.vocab_size, model.config.num_hidden_layers, model.config.hidden_size
     n_params, n_matmul = sum(p.numel() for p in model.parameters()), matmul_params(model)
-    overrides = [f"rl.micro_batch_size={a.micro_batch}", f"rollout.max_tokens={a.response_len * 2}",
-                 f"rl.micro_batch_tokens={a.micro_batch_tokens}", f"trainer.precision={a.precision}",
-                 f"rl.gradient_checkpointing={str(a.gradient_checkpointing).lower()}",
-                 f"rl.logit_chunk_tokens={a.logit_chunk}"]
-    if a.loss != "ppo_clip":
-        overrides.append(f"rl.loss.name={a.loss}")
-    recipe = load_recipe(ROOT / "recipes/tiny/arith-moe.yaml", overrides)
-    learner = Learner(model, PadOnly(), recipe)
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     rng = random.Random(0)
-    times, tokens, flops, unskipped = [], [], [], []
+    times, tokens, flops = [[] for _ in learners], [], []
     for step in range(a.warmup + a.steps):
         trajs = synthetic_batch(a, rng, step)
-        skip = not (a.ab_skip and step % 2)  # --ab-skip: odd steps train on every sample
-        learner.rl.skip_zero_advantage = skip
-        sync()
-        t0 = time.perf_counter()
-        learner.update(trajs)
-        sync()
+        order = list(range(len(learners)))[:: -1 if step % 2 else 1]
+        for i in order:
+            sync()
+            t0 = time.perf_counter()
+            learners[i].update(trajs)
+            sync()
+            if step >= a.warmup:
+                times[i].append(time.perf_counter() - t0)
         if step >= a.warmup:
-            (times if skip else unskipped).append(time.perf_counter() - t0)
-            if skip:
-                tokens.append(sum(len(t.prompt_ids) + len(t.response_ids) for t in trajs))
-                flops.append(step_flops(trajs, n_matmul, a.layers, a.hidden))
-    sec = statistics.median(times)
-    tok_s = statistics.median(t / s for t, s in zip(tokens, times, strict=True))
-    flop_s = statistics.median(f / s for f, s in zip(flops, times, strict=True))
+            tokens.append(sum(len(t.prompt_ids) + len(t.response_ids) for t in trajs))
+            flops.append(step_flops(trajs, n_matmul, a.layers, a.hidden))
+    sec = statistics.median(times[0])
+    tok_s = statistics.median(t / s for t, s in zip(tokens, times[0], strict=True))
+    flop_s = statistics.median(f / s for f, s in zip(flops, times[0], strict=True))
     result = {"device": name, "torch": torch.__version__, "params": n_params, "matmul_params": n_matmul,
-              "precision": learner.precision, "shape": vars(a), "median_step_seconds": sec,
+              "precision": learners[0].precision, "shape": vars(a), "median_step_seconds": sec,
               "sequences_per_step": a.prompts * a.n, "tokens_per_s": tok_s, "model_tflop_per_s": flop_s / 1e12,
               "peak_bf16_tflop_per_s": peak / 1e12 if peak else None, "mfu": flop_s / peak if peak else None,
-              "max_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None}
-    if unskipped:  # tokens/s and MFU above count every sample's tokens, trained or skipped
-        result |= {"median_step_seconds_no_skip": statistics.median(unskipped),
-                   "skip_speedup": statistics.median(unskipped) / sec}
+              "max_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
+              "command": " ".join(["python benchmarks/trainer_throughput.py", *(argv or sys.argv[1:])])}
+    if a.ab:  # tokens/s and MFU above are the first learner's, counting every sample's tokens
+        result |= {"ab_overrides": a.ab, "ab_median_step_seconds": statistics.median(times[1]),
+                   "ab_speedup": sec / statistics.median(times[1])}
     print(json.dumps(result, indent=1))
     if a.out:
         Path(a.out).write_text(json.dumps(result, indent=1) + "\n")

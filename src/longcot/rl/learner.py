@@ -246,8 +246,8 @@ class Learner:
         trained = [t for t in live if carries_signal(t)] if self.skips_zero_advantage else live
         trained = trained or live  # all zero: still one (momentum-only) optimizer step, as without skipping
         batches = [b for _, b in self._plan(trained)]
-        share = float(sum(sum(t.mask()) for t in trained)) / totals[0]  # metrics: means over trained tokens
-        results = self._run("update", [(part, totals, share) for part, _ in self._shares(batches)], timer)
+        trained_share = float(sum(sum(t.mask()) for t in trained)) / totals[0]  # metrics: means over trained tokens
+        results = self._run("update", [(part, totals, trained_share) for part, _ in self._shares(batches)], timer)
         observed = [part.pop("_first_pass") for part in results]
         sums: dict[str, float] = {}
         for part in results:  # each rank's token-weighted sums: their sum is the step's mean

@@ -115,7 +115,9 @@ def summarize(arm: Arm, block: int) -> dict:
            "median_step_seconds_logged": statistics.median(r["step_seconds"] for r in rows),
            "median_time_breakdown_s": {k.removeprefix("time/"): statistics.median(r.get(k, 0.0) for r in rows)
                                        for k in sorted({k for r in rows for k in r if k.startswith("time/")})},
-           "train_accuracy_last10": statistics.fmean(r["accuracy"] for r in arm.rows[-10:])}
+           "train_accuracy_last10": statistics.fmean(r["accuracy"] for r in arm.rows[-10:]),
+           # samples the update left out (advantage 0: rl.skip_zero_advantage), a share of the batch
+           "zero_advantage_skipped_frac": statistics.fmean(r.get("zero_advantage_skipped_frac", 0.0) for r in rows)}
     extra = sorted({k for r in rows for k in r if k.startswith(("async/", "trainer/time/"))})
     if extra:
         out["async_means"] = {k: statistics.fmean(r.get(k, 0.0) for r in rows) for k in extra}

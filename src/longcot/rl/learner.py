@@ -40,7 +40,7 @@ from longcot.rl.batch import (
     micro_batches,
 )
 from longcot.rl.first_pass import FirstPass
-from longcot.rl.losses import LOSSES, LossBatch, policy_loss
+from longcot.rl.losses import LOSSES, LossBatch, policy_loss, skips_zero_advantage
 from longcot.rl.ranks import RankGroup, init_rank_group
 from longcot.rl.rollout_correction import rejection_mask
 from longcot.rl.strategy import make_strategy, resolve_device, resolve_precision
@@ -262,14 +262,8 @@ class Learner:
 
     @property
     def skips_zero_advantage(self) -> bool:
-        """Whether samples of advantage 0 may leave the forward/backward without changing the update
-        (``rl.skip_zero_advantage``): the loss is 0 with no gradient at A = 0 (its ``zero_at_zero_advantage``)
-        and no other term of the loss reads those samples (KL to the reference, entropy bonus, router aux
-        loss), nor does a rollout rejection recount the denominators from the trained tokens."""
-        rl = self.rl
-        return (rl.skip_zero_advantage and bool(getattr(self.loss_fn, "zero_at_zero_advantage", False))
-                and not (self.ref_model is not None and rl.kl_in == "loss") and not rl.entropy_coef
-                and not rl.router_aux_coef and rl.rollout_correction.rollout_rs is None)
+        """``rl.skip_zero_advantage`` as it applies to this recipe (:func:`~longcot.rl.losses.skips_zero_advantage`)."""
+        return skips_zero_advantage(self.rl)
 
     def _op_update(self, payload: tuple, timer: StepTimer) -> dict:
         share, totals, trained_share = payload
@@ -469,9 +463,6 @@ class Learner:
             optimizer_state = tree_map_only(torch.Tensor, lambda t: t.detach().clone(), optimizer_state)
         self.strategy.load_optimizer_state_dict(self.scorer, self.optimizer, optimizer_state)
         self.version, self.updates = counters["version"], counters["updates"]
-
-    def _op_load_weights(self, payload: dict | None, timer: StepTimer) -> None:
-        self.strategy.load_model_state_dict(self.scorer, payload)
 
     def serve(self) -> None:
         """A follower's loop: run rank 0's ops until it says stop."""

@@ -17,11 +17,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from longcot.registry import Registry, check_options
 from longcot.rl.kl import kl
+
+if TYPE_CHECKING:
+    from longcot.config.schema import RLConfig
 
 LOSSES: Registry = Registry("policy loss")
 AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
@@ -212,6 +216,16 @@ def resets_optimizer(name: str) -> bool:
     """Whether this loss asks the trainer to reset the optimizer state at the start of each iteration (the
     loss's ``reset_optimizer`` attribute; k15/k25). The recipe's ``rl.reset_optimizer`` forces it for any loss."""
     return bool(getattr(LOSSES.get(name), "reset_optimizer", False))
+
+
+def skips_zero_advantage(rl: RLConfig) -> bool:
+    """Whether samples of advantage 0 may leave the forward/backward without changing the update
+    (``rl.skip_zero_advantage``): the loss is 0 with no gradient at A = 0 (its ``zero_at_zero_advantage``) and no
+    other term of the step reads those samples (KL to the reference in the loss, entropy bonus, router aux loss),
+    nor does a rollout rejection recount the denominators from the trained tokens."""
+    return (rl.skip_zero_advantage and bool(getattr(LOSSES.get(rl.loss.name), "zero_at_zero_advantage", False))
+            and not (rl.kl_coef and rl.kl_in == "loss") and not rl.entropy_coef and not rl.router_aux_coef
+            and rl.rollout_correction.rollout_rs is None)
 
 
 def _tis(b: LossBatch, per_token: torch.Tensor, cap: float, metrics: dict) -> torch.Tensor:

@@ -9,6 +9,7 @@ from longcot.policies.load import load_policy, load_tokenizer
 from longcot.record import Trajectory, carries_signal
 from longcot.rl.advantages import assign_advantages
 from longcot.rl.learner import Learner
+from longcot.rl.losses import zero_advantage_skip_blocker
 
 
 @pytest.fixture(scope="module")
@@ -58,12 +59,16 @@ def test_a_batch_without_signal_still_takes_its_optimizer_step(policy):
     assert m["zero_advantage_skipped_frac"] == 0.0 and learner.updates == 1 and not grad.any()
 
 
-@pytest.mark.parametrize("overrides", [["rl.loss.name=k15", "rl.updates_per_step=2"], ["rl.kl_coef=0.1"],
-                                       ["rl.entropy_coef=0.01"], ["rl.skip_zero_advantage=false"]])
-def test_no_skipping_where_a_zero_advantage_sample_still_has_a_gradient(policy, overrides):
+@pytest.mark.parametrize(("overrides", "reason"), [
+    (["rl.loss.name=k15", "rl.updates_per_step=2"], "loss k15 is not registered as zero at A = 0"),
+    (["rl.kl_coef=0.1"], "KL in the loss"), (["rl.entropy_coef=0.01"], "entropy bonus"),
+    (["rl.skip_zero_advantage=false"], "rl.skip_zero_advantage=false")])
+def test_no_skipping_where_a_zero_advantage_sample_still_has_a_gradient(policy, overrides, reason):
     """k15's (tau/2) log-ratio^2 term, KL to the reference and the entropy bonus do not scale with A."""
     _, m, learner = updated(policy, [1.0, 0.0], *overrides)
     assert not learner.skips_zero_advantage and m["zero_advantage_skipped_frac"] == 0.0
+    assert zero_advantage_skip_blocker(learner.rl) == reason
+    assert zero_advantage_skip_blocker(load_recipe(None, ["rl.kl_coef=0.1", "rl.kl_in=reward"]).rl) is None
 
 
 @pytest.mark.parametrize("estimator", ["grpo", "dr_grpo", "rloo", "k15"])

@@ -40,7 +40,7 @@ from longcot.rl.batch import (
     micro_batches,
 )
 from longcot.rl.first_pass import FirstPass
-from longcot.rl.losses import LOSSES, LossBatch, policy_loss, skips_zero_advantage
+from longcot.rl.losses import LOSSES, LossBatch, policy_loss, zero_advantage_skip_blocker
 from longcot.rl.ranks import RankGroup, init_rank_group
 from longcot.rl.rollout_correction import rejection_mask
 from longcot.rl.strategy import make_strategy, resolve_device, resolve_precision
@@ -101,8 +101,10 @@ class Learner:
         self.group = group if group is not None else RankGroup()
         self._build(model)
         if self.group.rank == 0:
-            log.info("learner: strategy=%s ranks=%d device=%s precision=%s layout=%s", self.strategy.name,
-                     self.group.world_size, self.device, self.precision, "packed" if self.pack else "padded")
+            why_not = zero_advantage_skip_blocker(self.rl)
+            log.info("learner: strategy=%s ranks=%d device=%s precision=%s layout=%s zero-advantage skip=%s",
+                     self.strategy.name, self.group.world_size, self.device, self.precision,
+                     "packed" if self.pack else "padded", f"off ({why_not})" if why_not else "on")
 
     def _build(self, model: torch.nn.Module) -> None:
         """Device, precision, strategy; the policy, its reference and optimizer placed on this rank."""
@@ -262,8 +264,8 @@ class Learner:
 
     @property
     def skips_zero_advantage(self) -> bool:
-        """``rl.skip_zero_advantage`` as it applies to this recipe (:func:`~longcot.rl.losses.skips_zero_advantage`)."""
-        return skips_zero_advantage(self.rl)
+        """``rl.skip_zero_advantage`` as it applies to this recipe (:func:`.losses.zero_advantage_skip_blocker`)."""
+        return zero_advantage_skip_blocker(self.rl) is None
 
     def _op_update(self, payload: tuple, timer: StepTimer) -> dict:
         share, totals, trained_share = payload

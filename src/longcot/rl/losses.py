@@ -218,14 +218,21 @@ def resets_optimizer(name: str) -> bool:
     return bool(getattr(LOSSES.get(name), "reset_optimizer", False))
 
 
-def skips_zero_advantage(rl: RLConfig) -> bool:
-    """Whether samples of advantage 0 may leave the forward/backward without changing the update
-    (``rl.skip_zero_advantage``): the loss is 0 with no gradient at A = 0 (its ``zero_at_zero_advantage``) and no
-    other term of the step reads those samples (KL to the reference in the loss, entropy bonus, router aux loss),
-    nor does a rollout rejection recount the denominators from the trained tokens."""
-    return (rl.skip_zero_advantage and bool(getattr(LOSSES.get(rl.loss.name), "zero_at_zero_advantage", False))
-            and not (rl.kl_coef and rl.kl_in == "loss") and not rl.entropy_coef and not rl.router_aux_coef
-            and rl.rollout_correction.rollout_rs is None)
+def zero_advantage_skip_blocker(rl: RLConfig) -> str | None:
+    """Why samples of advantage 0 may not leave the forward/backward (``rl.skip_zero_advantage``), or None when
+    they may: the loss must be 0 with no gradient at A = 0 (its ``zero_at_zero_advantage``), and no other term of
+    the step may read those samples (KL to the reference in the loss, entropy bonus, router aux loss) or recount
+    the denominators from the trained tokens (a rollout rejection mask)."""
+    if not rl.skip_zero_advantage:
+        return "rl.skip_zero_advantage=false"
+    if not getattr(LOSSES.get(rl.loss.name), "zero_at_zero_advantage", False):
+        return f"loss {rl.loss.name} is not registered as zero at A = 0"
+    for reason, on in (("KL in the loss", rl.kl_coef and rl.kl_in == "loss"), ("entropy bonus", rl.entropy_coef),
+                       ("router aux loss", rl.router_aux_coef),
+                       ("rollout rejection", rl.rollout_correction.rollout_rs is not None)):
+        if on:
+            return reason
+    return None
 
 
 def _tis(b: LossBatch, per_token: torch.Tensor, cap: float, metrics: dict) -> torch.Tensor:

@@ -10,7 +10,7 @@ One learner runs on every trainer rank (``trainer.ranks``, ``trainer.strategy``:
 the one the RL loop calls; each public method that touches the model is an *op* that rank 0 sends to the
 followers (:mod:`longcot.rl.ranks`) and that every rank then runs the same way (``_op_*``): rank 0 plans the
 micro-batches by a token budget and gives each rank its share, in equal counts, so the ranks' collectives
-stay in step. A rank's life, whoever starts it, is :func:`rank_main`.
+stay in step. A rank's life, whoever starts it, is :func:`longcot.rl.remote.rank_main`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import contextlib
 import copy
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,42 +40,12 @@ from longcot.rl.batch import (
 )
 from longcot.rl.first_pass import FirstPass
 from longcot.rl.losses import LOSSES, LossBatch, policy_loss, zero_advantage_skip_blocker
-from longcot.rl.ranks import RankGroup, init_rank_group
+from longcot.rl.ranks import RankGroup
 from longcot.rl.rollout_correction import rejection_mask
 from longcot.rl.strategy import make_strategy, resolve_device, resolve_precision
 from longcot.rl.timing import StepTimer
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class RankSpec:
-    """What a rank needs to build its learner (sent once, at launch): the recipe and the architecture.
-    Followers get rank 0's weights by broadcast, so no rank needs a checkpoint on disk."""
-
-    recipe: Recipe
-    config: Any  # the policy's transformers config
-    attn_implementation: str
-
-    @classmethod
-    def of(cls, model: torch.nn.Module, recipe: Recipe) -> RankSpec:
-        cfg = copy.deepcopy(model.config)
-        attn = cfg._attn_implementation
-        return cls(recipe, cfg, "sdpa" if attn == "longcot_packed" else attn)
-
-    def build_model(self, weights: dict[str, torch.Tensor] | None = None) -> torch.nn.Module:
-        """The policy with parameters on the meta device (no memory, no initialisation; buffers such as the
-        rotary frequencies are computed), or with ``weights`` as its parameters (no copy)."""
-        from accelerate import init_empty_weights
-        from transformers import AutoModelForCausalLM
-
-        with init_empty_weights(include_buffers=False):
-            model = AutoModelForCausalLM.from_config(self.config, dtype=torch.float32,
-                                                     attn_implementation=self.attn_implementation)
-        if weights is not None:
-            model.load_state_dict(weights, assign=True)
-            model.tie_weights()  # assign gave tied keys (embeddings / LM head) separate parameters
-        return model
 
 
 class Learner:
@@ -481,24 +450,3 @@ class Learner:
             with contextlib.suppress(Exception):
                 self.group.send("stop", [None] * self.group.world_size)
             self._in_flight = "stop"
-
-
-def rank_main(rank: int, world_size: int, init_method: str, spec: RankSpec, local_rank: int | None = None,
-              driver: Any = None) -> None:
-    """A rank's whole life, whoever launched it: join the group, build the policy, then serve. Followers build
-    it on the meta device and get rank 0's weights by broadcast, then run rank 0's ops until it says stop.
-    Rank 0 with a ``driver`` channel (local mode, longcot.rl.remote) gets its weights and requests from it."""
-    cfg = spec.recipe.trainer
-    if spec.recipe.threads:
-        torch.set_num_threads(spec.recipe.threads)
-    device_type = resolve_device(cfg.device, rank if local_rank is None else local_rank).type
-    group = init_rank_group(rank, world_size, init_method, device_type, local_rank, cfg.timeout_minutes)
-    try:
-        if rank == 0 and driver is not None:
-            from longcot.rl.remote import serve_driver
-
-            serve_driver(spec, group, driver)
-        else:
-            Learner(spec.build_model(), None, spec.recipe, group=group).serve()
-    finally:
-        group.close()

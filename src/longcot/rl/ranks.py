@@ -17,7 +17,7 @@ The protocol does not care who started the processes. ``longcot train`` starts a
 queue (longcot.rl.remote). Rank 0 cannot be the driver process itself: the in-process vLLM engine owns
 torch.distributed's default process group there (its own world of one), a process joins one default group
 only, and FSDP2's device mesh and DDP need the trainer's world to be that default group. The Ray runtime can run
-``rank_main(rank, world_size, init_method, spec)`` (longcot.rl.learner) in N-1 follower actors and build rank
+``rank_main(rank, world_size, init_method, spec)`` (longcot.rl.remote) in N-1 follower actors and build rank
 0's ``Learner(model, tokenizer, recipe, group=init_rank_group(0, world_size, init_method, ...))`` in the
 trainer actor, with a ``tcp://host:port`` init method.
 """

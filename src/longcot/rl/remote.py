@@ -10,14 +10,18 @@ Tensors cross through shared memory (CPU) or CUDA IPC (GPU), not through a pipe:
 driver's model moves to shared CPU memory and rank 0 trains on those very tensors), the optimizer state, and
 the published parameters, which the driver pulls one at a time so that no more than one gathered parameter is
 ever in flight (:meth:`RemoteLearner.named_parameters`).
+
+Every rank process, whoever launched it, runs :func:`rank_main` with a :class:`RankSpec`.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import queue
 import traceback
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +29,9 @@ import torch
 
 from longcot.config import Recipe
 from longcot.record import Trajectory
-from longcot.rl.learner import Learner, RankSpec, rank_main
-from longcot.rl.ranks import LocalLauncher, RankGroup
+from longcot.rl.learner import Learner
+from longcot.rl.ranks import LocalLauncher, RankGroup, init_rank_group
+from longcot.rl.strategy import resolve_device
 from longcot.rl.timing import StepTimer
 
 log = logging.getLogger(__name__)
@@ -156,7 +161,56 @@ class RemoteLearner:
         return value
 
 
-# ---- rank 0's side ----------------------------------------------------------------------------------------------
+# ---- a rank's life ----------------------------------------------------------------------------------------------
+@dataclass
+class RankSpec:
+    """What a rank needs to build its learner (sent once, at launch): the recipe and the architecture.
+    Followers get rank 0's weights by broadcast, so no rank needs a checkpoint on disk."""
+
+    recipe: Recipe
+    config: Any  # the policy's transformers config
+    attn_implementation: str
+
+    @classmethod
+    def of(cls, model: torch.nn.Module, recipe: Recipe) -> RankSpec:
+        cfg = copy.deepcopy(model.config)
+        attn = cfg._attn_implementation
+        return cls(recipe, cfg, "sdpa" if attn == "longcot_packed" else attn)
+
+    def build_model(self, weights: dict[str, torch.Tensor] | None = None) -> torch.nn.Module:
+        """The policy with parameters on the meta device (no memory, no initialisation; buffers such as the
+        rotary frequencies are computed), or with ``weights`` as its parameters (no copy)."""
+        from accelerate import init_empty_weights
+        from transformers import AutoModelForCausalLM
+
+        with init_empty_weights(include_buffers=False):
+            model = AutoModelForCausalLM.from_config(self.config, dtype=torch.float32,
+                                                     attn_implementation=self.attn_implementation)
+        if weights is not None:
+            model.load_state_dict(weights, assign=True)
+            model.tie_weights()  # assign gave tied keys (embeddings / LM head) separate parameters
+        return model
+
+
+def rank_main(rank: int, world_size: int, init_method: str, spec: RankSpec, local_rank: int | None = None,
+              driver: Any = None) -> None:
+    """A rank's whole life, whoever launched it: join the group, build the policy, then serve. Followers build
+    it on the meta device and get rank 0's weights by broadcast, then run rank 0's ops until it says stop.
+    Rank 0 with a ``driver`` channel (local mode, :func:`serve_driver`) gets its weights and requests from it."""
+    cfg = spec.recipe.trainer
+    if spec.recipe.threads:
+        torch.set_num_threads(spec.recipe.threads)
+    device_type = resolve_device(cfg.device, rank if local_rank is None else local_rank).type
+    group = init_rank_group(rank, world_size, init_method, device_type, local_rank, cfg.timeout_minutes)
+    try:
+        if rank == 0 and driver is not None:
+            serve_driver(spec, group, driver)
+        else:
+            Learner(spec.build_model(), None, spec.recipe, group=group).serve()
+    finally:
+        group.close()
+
+
 def serve_driver(spec: RankSpec, group: RankGroup, driver: tuple) -> None:
     """Rank 0 in local mode: build the learner from the driver's weights, then answer its requests until
     "stop". An error is sent to the driver and ends this rank (its followers are stopped by the launcher)."""

@@ -213,11 +213,14 @@ class Learner:
         if not live:  # nothing finished this step (partial rollouts) or nothing kept (dynamic sampling)
             return {"skipped_update": 1.0}
         # the loss denominators count every live sample, trained or not: skipping changes the cost, not the step
-        totals = (float(sum(sum(t.mask()) for t in live)), float(len(live)))
-        trained = [t for t in live if carries_signal(t)] if self.skips_zero_advantage else live
-        trained = trained or live  # all zero: still one (momentum-only) optimizer step, as without skipping
+        tokens = [sum(t.mask()) for t in live]
+        keep = [carries_signal(t) for t in live] if self.skips_zero_advantage else [True] * len(live)
+        if not any(keep):  # all zero: still one (momentum-only) optimizer step, as without skipping
+            keep = [True] * len(live)
+        trained = [t for t, k in zip(live, keep, strict=True) if k]
+        totals = (float(sum(tokens)), float(len(live)))
+        trained_share = sum(n for n, k in zip(tokens, keep, strict=True) if k) / totals[0]  # metrics: trained tokens
         batches = [b for _, b in self._plan(trained)]
-        trained_share = float(sum(sum(t.mask()) for t in trained)) / totals[0]  # metrics: means over trained tokens
         results = self._run("update", [(part, totals, trained_share) for part, _ in self._shares(batches)], timer)
         observed = [part.pop("_first_pass") for part in results]
         sums: dict[str, float] = {}

@@ -7,6 +7,8 @@ Arms, from one SFT'd checkpoint per seed, the same prompts in the same order (sa
 - ``ray``: ``cluster.backend=ray``, one rollout worker (1 CPU) and the trainer (1 CPU), ``rl.max_off_policy_steps=1``
   with ``rl.rollout_correction.rollout_is=token`` (cap 2: decoupled PPO / truncated IS): generation of the next
   batch overlaps the update.
+- variants: ``local1`` (1 thread), ``local-ddp2`` / ``ray-ddp2`` (the trainer as two 1-thread DDP ranks), to see
+  where the cores go (docs/benchmarks.md).
 
 They run interleaved, ``--block`` steps of one then ``--block`` of the other (the order alternates), so the host's
 load hits both alike; a Ray block is timed until its workers have finished the call they were in (its producers are
@@ -40,24 +42,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--steps", type=int, default=150, help="RL steps per arm (the demo's 150)")
     ap.add_argument("--block", type=int, default=10, help="steps of one arm before switching")
-    ap.add_argument("--arms", nargs="+", default=["local", "ray"], choices=["local", "ray", "local1"],
-                    help="local1: the synchronous loop with 1 thread (how 2 threads fare on a busy host)")
+    ap.add_argument("--arms", nargs="+", default=["local", "ray"], choices=list(ARMS),
+                    help="local1: the synchronous loop with 1 thread (how 2 threads fare on a busy host); "
+                         "*-ddp2: the trainer as 2 DDP ranks of 1 thread each (processes, not threads)")
     ap.add_argument("--cache", default=str(ROOT / "runs/bench-async"), help="SFT checkpoints, evals")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/async_rollouts.json"))
     ap.add_argument("--prepare-only", action="store_true", help="build the seeds' SFT checkpoints and stop")
     ap.add_argument("overrides", nargs="*", help="recipe key=value overrides (both arms)")
     args = ap.parse_args(argv)
-    if {"local", "local1"} <= set(args.arms):
-        ap.error("one local arm per run (each holds an in-process vLLM engine): --arms local ray or --arms local1 ray")
+    if sum(a.startswith("local") for a in args.arms) > 1 or sum(a.startswith("ray") for a in args.arms) > 1:
+        ap.error("one local arm (each holds an in-process vLLM engine) and one Ray arm per run, e.g. --arms local ray")
     return args
 
 
+DDP2 = ["trainer.strategy=ddp", "trainer.ranks=2"]
 ARMS = {
     "local": ["threads=2", "cluster.backend=local"],
     "local1": ["threads=1", "cluster.backend=local"],
+    "local-ddp2": ["threads=1", "cluster.backend=local", *DDP2],
     "ray": ["threads=1", "cluster.backend=ray", "cluster.rollout_workers=1", "cluster.worker_cpus=1",
             "cluster.trainer_cpus=1", "rl.max_off_policy_steps=1", "rl.rollout_correction.rollout_is=token"],
 }
+ARMS["ray-ddp2"] = [*ARMS["ray"], *DDP2]
 
 
 def arm_recipe(name: str, seed: int, cache: Path, overrides: list[str]):
@@ -141,8 +147,9 @@ def run_seed(args, seed: int, load: list) -> dict:
     tok = load_tokenizer(sft_path)
     task = build_task(recipes[args.arms[0]].data)
     arms = {name: Arm(name, r, sft_path, tok, task, cache) for name, r in recipes.items()}
-    if "ray" in arms:
-        arms["ray"].loop.prompts.pause()  # nothing runs before its first block (producers start at its first step)
+    ray_arm = next((n for n in arms if n.startswith("ray")), None)
+    if ray_arm:
+        arms[ray_arm].loop.prompts.pause()  # nothing runs before its first block (producers start at its first step)
     try:
         first = arms[args.arms[0]]
         after_sft = heldout_eval(first.runtime.engine, tok, task, first.recipe,
@@ -162,10 +169,10 @@ def run_seed(args, seed: int, load: list) -> dict:
             (cache / name).mkdir(parents=True, exist_ok=True)
             (cache / name / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in a.rows))
         out["heldout_accuracy_sft"] = after_sft
-        local = next((n for n in ("local", "local1") if n in out), None)
-        if "ray" in out and local:
-            out["ratio_steps_per_s"] = out["ray"]["steps_per_s"] / out[local]["steps_per_s"]
-            out["accuracy_gap_points"] = 100 * (out["ray"]["heldout_accuracy"] - out[local]["heldout_accuracy"])
+        local = next((n for n in arms if n.startswith("local")), None)
+        if ray_arm and local:
+            out["ratio_steps_per_s"] = out[ray_arm]["steps_per_s"] / out[local]["steps_per_s"]
+            out["accuracy_gap_points"] = 100 * (out[ray_arm]["heldout_accuracy"] - out[local]["heldout_accuracy"])
         return out
     finally:
         for a in arms.values():

@@ -35,3 +35,21 @@ def test_every_longcot_import_of_a_benchmark_resolves(path: Path) -> None:
             except ImportError:
                 missing.append(f"{path.name}:{line}: {module}.{name}")
     assert not missing, "benchmarks import names the package no longer has:\n" + "\n".join(missing)
+
+
+def test_every_arm_of_the_async_benchmark_is_a_valid_recipe(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The arms are override lists that only a 12-minute run would load: a renamed key must fail here."""
+    import sys
+
+    from longcot.config import load_recipe
+
+    monkeypatch.syspath_prepend(str(BENCHMARKS[0].parent))
+    sys.modules.pop("async_rollouts", None)
+    bench = importlib.import_module("async_rollouts")
+    for name, overrides in bench.ARMS.items():
+        recipe = load_recipe(bench.RECIPE, overrides)
+        assert recipe.cluster.backend == name.split("-")[0].rstrip("1")
+        assert (recipe.trainer.ranks == 2) == name.endswith("ddp2")
+    with pytest.raises(SystemExit):  # one in-process engine per run
+        bench.parse_args(["--arms", "local", "local-ddp2"])
+    assert bench.parse_args(["--arms", "local-ddp2", "ray-ddp2"]).arms == ["local-ddp2", "ray-ddp2"]

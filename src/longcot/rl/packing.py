@@ -154,19 +154,29 @@ def packed_attention(module, query: torch.Tensor, key: torch.Tensor, value: torc
     if pk.context_mask is None:
         return _causal_route(q, k, v, pk, scaling, dropout).unsqueeze(0), None
     heads, kv_heads = q.shape[1], k.shape[1]
-    if kv_heads != heads:  # grouped-query attention: share each key/value head across its query heads
+    # grouped-query attention: on CPU sdpa shares each key/value head itself (no copies); on CUDA the heads are
+    # repeated as before, because not every masked CUDA kernel takes enable_gqa (not measured on a GPU here)
+    gqa = kv_heads != heads and q.device.type == "cpu"
+    if kv_heads != heads and not gqa:
         k, v = k.repeat_interleave(heads // kv_heads, 1), v.repeat_interleave(heads // kv_heads, 1)
 
     def attend(qi: torch.Tensor, ki: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if mask.is_floating_point() and mask.dtype != q.dtype:  # mixed precision: bf16 compute, fp32 masks
             mask = mask.to(q.dtype)
-        out = F.scaled_dot_product_attention(q[qi].transpose(1, 2), k[ki].transpose(1, 2), v[ki].transpose(1, 2),
-                                             attn_mask=mask, dropout_p=dropout, scale=scaling)
+        out = F.scaled_dot_product_attention(_rows(q, qi), _rows(k, ki), _rows(v, ki), attn_mask=mask,
+                                             dropout_p=dropout, scale=scaling, enable_gqa=gqa)
         return out.transpose(1, 2).reshape(-1, heads, q.shape[-1])
 
     out = torch.cat([attend(pk.prompt_index, pk.prompt_index, pk.prompt_mask),
                      attend(pk.query_index, pk.context_index, pk.context_mask)])
-    return out[pk.output_index].unsqueeze(0), None
+    return out.index_select(0, pk.output_index).unsqueeze(0), None
+
+
+def _rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``x`` [N, h, D] gathered at ``index`` [a, b] as [a, h, b, D]. ``index_select`` rather than ``x[index]``:
+    its backward is one ``index_add_``, where advanced indexing's is a zero-filled ``index_put_`` with
+    accumulation: a large part of this route's cost on a CPU, next to the small sdpa calls themselves."""
+    return x.index_select(0, index.reshape(-1)).view(*index.shape, *x.shape[1:]).transpose(1, 2)
 
 
 def _causal_route(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pk: Packed, scaling: float | None,

@@ -40,6 +40,19 @@ _VLLM_ENV_DEFAULTS = {
 }
 
 
+class _ThreadBindingNoise(logging.Filter):
+    """Drops vLLM's "doesn't allow to use torch.set_num_threads after the thread binding" warning, which a CPU
+    engine prints five times while it is built: vLLM's own model loading and renderer warm-up call
+    ``torch.set_num_threads``, which its CPU worker has just replaced with that warning. Nothing is wrong and
+    the user cannot act on it; :class:`VLLMEngine` puts the real function back once the engine is built."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "after the thread binding" not in record.getMessage()
+
+
+_THREAD_NOISE = _ThreadBindingNoise()
+
+
 class VLLMEngine:
     """The :class:`~longcot.rollout.base.Engine` backed by vLLM.
 
@@ -83,7 +96,8 @@ class VLLMEngine:
         if dtype is None:
             dtype = "float32" if current_platform.is_cpu() else "auto"
         tok_path = llm_kwargs.pop("tokenizer_path", None) or _tokenizer_path(tokenizer)
-        set_threads = torch.set_num_threads  # vLLM's CPU worker replaces it with a no-op; see _restore
+        set_threads = torch.set_num_threads  # vLLM's CPU worker replaces it with a no-op; restored below
+        logging.getLogger("vllm.v1.worker.cpu_worker").addFilter(_THREAD_NOISE)  # a set: added once
         t0 = time.perf_counter()
         if not torch.cuda.is_available():
             # vLLM 0.32 CPU bug: a chunked prefill of a seeded request rewinds its generator with set_offset,

@@ -44,6 +44,13 @@ def test_dry_run_rejects_naming_the_key(capsys, override, key, says):
     assert "Traceback" not in err
 
 
+def test_dry_run_rejects_nccl_weights_from_several_trainer_ranks(capsys):
+    rc, err = dry_run(capsys, "cluster.weight_transport=nccl", "trainer.strategy=fsdp", "trainer.ranks=2")
+    assert rc == 2 and "'cluster.weight_transport': nccl broadcasts" in err and "object_store" in err, err
+    rc, err = dry_run(capsys, "cluster.weight_transport=nccl")
+    assert "cluster.weight_transport" not in err, err
+
+
 def test_dry_run_rejects_a_missing_data_file(capsys):
     rc, err = dry_run(capsys, "data.task=dataset", "data.source=no/such/problems.jsonl")
     assert rc == 2 and "'data.source': data file not found: no/such/problems.jsonl" in err

@@ -45,7 +45,9 @@ def train_two_steps(path, strategy: str, ranks: int, load_state: dict | None = N
         weights = {n: t.clone() for n, t in learner.named_parameters()}
         ref = learner.reference_logprobs(batch(1)[:5])
         pol = learner.policy_logprobs(batch(1)[:5])
+        after_forwards = learner.state_dict()  # fsdp: forwards without a backward leave the root gathered
         out = {"first": first, "second": second, "state": state, "weights": weights, "ref": ref, "pol": pol,
+               "state_after_forwards": after_forwards,
                "version": learner.version, "updates": learner.updates, "learner": type(learner)}
         learner.load_weights(path)  # back to the starting policy (what resume does), on every rank
         out["reloaded"] = {n: t.clone() for n, t in learner.named_parameters()}
@@ -86,11 +88,12 @@ def test_two_ranks_train_to_the_single_rank_weights(policy, single, strategy):
         assert got[step]["loss"] == pytest.approx(single[step]["loss"], abs=1e-6)
         assert got[step]["grad_norm"] == pytest.approx(single[step]["grad_norm"], rel=1e-5)
         assert got[step]["kl"] == pytest.approx(single[step]["kl"], abs=1e-6)
-    s1, s2 = single["state"]["optimizer"], got["state"]["optimizer"]
-    assert s1["state"].keys() == s2["state"].keys()
-    for k in s1["state"]:
-        for key in ("exp_avg", "exp_avg_sq"):
-            assert torch.allclose(s1["state"][k][key], s2["state"][k][key], atol=1e-7, rtol=1e-4)
+    for which in ("state", "state_after_forwards"):  # the second: after log-prob forwards (a Ray sync check)
+        s1, s2 = single[which]["optimizer"], got[which]["optimizer"]
+        assert s1["state"].keys() == s2["state"].keys()
+        for k in s1["state"]:
+            for key in ("exp_avg", "exp_avg_sq"):
+                assert torch.allclose(s1["state"][k][key], s2["state"][k][key], atol=1e-7, rtol=1e-4)
     for a, b in zip(single["ref"] + single["pol"], got["ref"] + got["pol"], strict=True):
         assert a == pytest.approx(b, abs=1e-5)
     for run in (single, got):  # load_weights: the starting checkpoint back into every rank's (sharded) policy

@@ -77,3 +77,17 @@ def test_hf_engine_workers(tmp_path):
     assert [r["step"] for r in got] == [0, 1, 2] and all(r["async/batch_samples"] == 16 for r in got)
     checks = [r["sync_check/gap_max"] for r in got if "sync_check/gap_max" in r]
     assert checks and max(checks) < 1e-4  # the HF worker's copy follows the trainer too
+
+
+def test_trainer_ranks_inside_the_trainer_actor(tmp_path):
+    """trainer.strategy fsdp x 2 in Ray mode: the trainer actor starts the two ranks on its node, publishes the
+    gathered full weights, and the workers' copy follows (docs/cluster.md, "The trainer as a group of ranks")."""
+    summary, got = run(tmp_path, "arith-moe.yaml", ["rl.steps=3", "data.num_train=200", "rollout.max_tokens=16",
+                                                    "eval.max_tokens=16", "rl.entropy_coef=0.01",
+                                                    "trainer.strategy=fsdp", "trainer.ranks=2"])
+    assert [r["step"] for r in got] == [0, 1, 2] and all(r["async/batch_samples"] == 16 for r in got)
+    assert all(r["async/staleness_max"] <= 1 for r in got)
+    checks = [r["sync_check/gap_max"] for r in got if "sync_check/gap_max" in r]
+    assert checks and max(checks) < 1e-4
+    assert (tmp_path / "run" / "checkpoints" / "final" / "config.json").is_file()
+    assert summary["eval"]["after_rl"]["n"] == 4

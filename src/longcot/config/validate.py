@@ -221,6 +221,11 @@ def _check_combinations(recipe, problems: Problems) -> None:
                                                  f"'{rl.length_penalty_reward}', which is not one of the recipe's "
                                                  f"rewards ({', '.join(s.name for s in recipe.rewards)}): it would "
                                                  "schedule nothing")
+    if recipe.cluster.weight_transport == "nccl" and recipe.trainer.ranks > 1:
+        problems.add("cluster.weight_transport", f"nccl broadcasts from the trainer actor's own copy of the policy, "
+                                                 f"but with trainer.ranks={recipe.trainer.ranks} the policy lives in "
+                                                 "the rank processes (not built yet, docs/cluster.md): use "
+                                                 "cluster.weight_transport=object_store")
 
 
 def _check_rl(recipe, problems: Problems) -> None:

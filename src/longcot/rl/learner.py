@@ -201,6 +201,7 @@ class Learner:
                     lp = self._forward(model, b, temperature=temperature)[0]
                 if not filler:
                     rows.append(lp.cpu())
+        self.strategy.after_forward_only(model)
         return rows
 
     # ---- the update -----------------------------------------------------------------------------------------

@@ -82,6 +82,9 @@ class SingleStrategy:
         """Around a micro-batch's forward and backward; ``sync`` on the last one of a step."""
         return contextlib.nullcontext()
 
+    def after_forward_only(self, model: nn.Module) -> None:
+        """After forwards without a backward (log-probs for a sync check or a KL reference): nothing to undo."""
+
     # ---- optimizer step -------------------------------------------------------------------------------------
     def clip_grad_norm(self, model: nn.Module, max_norm: float) -> float:
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
@@ -189,6 +192,13 @@ class FSDPStrategy(SingleStrategy):
     def autocast(self) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()  # the mixed-precision policy casts parameters itself
 
+    def after_forward_only(self, model: nn.Module) -> None:
+        """Reshard: the root unit stays gathered after a forward until its backward (module doc), and without one
+        the module holds plain full tensors instead of the sharded parameters the optimizer steps, so the
+        state-dict helpers no longer find the optimizer's parameters in it (``KeyError`` in
+        ``get_optimizer_state_dict``: a Ray run checkpointing after a weight-sync check)."""
+        _reshard(model)
+
     def full_parameters(self, lm: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
         for name, p in lm.named_parameters():
             full = getattr(p, "full_tensor", None)
@@ -202,11 +212,8 @@ class FSDPStrategy(SingleStrategy):
 
     def load_model_state_dict(self, scorer: nn.Module, state: dict[str, torch.Tensor] | None) -> None:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-        from torch.distributed.fsdp import FSDPModule
 
-        for module in scorer.modules():  # the root stays gathered after a forward without backward (module doc)
-            if isinstance(module, FSDPModule):
-                module.reshard()  # sharded parameters: what the broadcast loader fills
+        _reshard(scorer)  # sharded parameters: what the broadcast loader fills
         full = {f"lm.{k}": v for k, v in state.items()} if self.group.rank == 0 else {}  # scorer's names, as in wrap
         set_model_state_dict(scorer, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
 
@@ -219,6 +226,15 @@ class FSDPStrategy(SingleStrategy):
             return None
         return get_optimizer_state_dict(scorer, optimizer,
                                         options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def _reshard(model: nn.Module) -> None:
+    """Every FSDP unit of ``model`` back to its sharded parameters (a no-op for units already sharded)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
 
 
 STRATEGIES = {"single": SingleStrategy, "ddp": DDPStrategy, "fsdp": FSDPStrategy}

@@ -112,6 +112,25 @@ def test_corrupt_latest_state_falls_back_to_the_one_before(out, reference):
     assert_same_run(run, reference)
 
 
+def test_resumes_on_another_trainer_layout(out, reference):
+    """A run saved by one process resumes on two FSDP ranks (more GPUs after a restart): the state's optimizer is
+    the full one keyed by parameter name. The last step is recomputed on the new layout: the same samples, and an
+    update equal up to float summation order."""
+    run = out / "relayout"
+    shutil.copytree(reference, run)
+    shutil.rmtree(run / "states/step-00000006")
+    (run / "states/latest").write_text("step-00000005\n")
+    done = train(out, "relayout", "trainer.strategy=fsdp", "trainer.ranks=2", "--resume")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "step-00000005 at RL step 5" in done.stderr and "trainer ranks up: fsdp" in done.stderr
+    final = "checkpoints/final/model.safetensors"
+    a, b = load_file(run / final), load_file(reference / final)
+    assert max((a[k] - b[k]).abs().max().item() for k in b) <= 1e-5
+    got, want = rows(run)[-1], rows(reference)[-1]
+    assert got["step"] == want["step"] == 5 and got["response_tokens"] == want["response_tokens"]
+    assert got["reward_mean"] == want["reward_mean"] and got["grad_norm"] == pytest.approx(want["grad_norm"], rel=1e-4)
+
+
 def test_partial_rollout_buffer_and_prioritized_sampler_survive_a_kill(out):
     recipe = "recipes/tiny/arith-moe-partial.yaml"
     ref = train(out, "pref", *PARTIAL, recipe=recipe)

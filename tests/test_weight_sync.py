@@ -7,6 +7,7 @@ bug is still there without the workaround, so we learn when an upgrade fixes it.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -104,6 +105,50 @@ def test_vllm_engine_starts_without_thread_noise_and_gives_threads_back(model_di
     assert "Loading safetensors" in text  # vLLM's start-up output is in it: the next check is not vacuous
     assert "thread binding" not in text
     assert "threads restored: True" in out.stdout
+
+
+TP_SCRIPT = """
+import sys, torch
+from longcot.policies.load import load_policy
+from longcot.rollout.vllm import VLLMEngine
+
+def gap(engine, model):
+    prompts, responses = [[5, 6, 7, 8, 9], [10, 11, 12]], [[20, 21, 22, 23], [30, 31]]
+    worst = 0.0
+    with torch.no_grad():
+        for p, r, got in zip(prompts, responses, engine.compute_logprobs(prompts, responses)):
+            logp = torch.log_softmax(model(torch.tensor([p + r])).logits[0].float(), -1)
+            worst = max(worst, *(abs(logp[len(p) - 1 + i, t].item() - g) for i, (t, g) in enumerate(zip(r, got))))
+    return worst
+
+if __name__ == "__main__":
+    engine = VLLMEngine(sys.argv[1], max_model_len=256, tensor_parallel_size=2, distributed_executor_backend="mp")
+    model = load_policy(sys.argv[1])
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())) * 0.05)
+    before = gap(engine, model)
+    engine.sync_weights(model.named_parameters(), 1)
+    print("GAPS", before, gap(engine, model))
+    engine.shutdown()
+"""
+
+
+@pytest.mark.slow
+def test_tensor_parallel_engine_takes_synced_weights(model_dir, tmp_path):
+    """tensor_parallel_size 2 (vLLM's workers are processes of their own, here one per core): the sync must hand
+    them a picklable list, not the lazy iterator the in-process engine reads; afterwards the engine's log-probs
+    are the trainer's (perturbed) model's."""
+    pytest.importorskip("vllm")
+    script = tmp_path / "tp_sync.py"
+    script.write_text(TP_SCRIPT)
+    env = {**os.environ, "VLLM_CPU_OMP_THREADS_BIND": "0|1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+           "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, str(script), str(model_dir)], capture_output=True, text=True, timeout=300,
+                         env=env)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    before, after = map(float, next(line for line in out.stdout.splitlines() if line.startswith("GAPS")).split()[1:])
+    assert before > 1e-2 and after < 1e-4
 
 
 def test_vllm_sleep_mode_is_a_no_op_on_cpu(vllm_engine):

@@ -250,6 +250,10 @@ class VLLMEngine:
         """
         t0 = time.perf_counter()
         weights = checkpoint_named_params(named_params)
+        if self.llm.llm_engine.vllm_config.parallel_config.world_size > 1:
+            # tensor/pipeline-parallel workers are processes of their own: the arguments are pickled to each, and
+            # a lazy iterator cannot be (one full list instead; GPUs should use cluster.weight_transport=nccl)
+            weights = list(weights)
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
         if self.repack_moe_after_sync:
             self.llm.collective_rpc(_repack_on_worker)

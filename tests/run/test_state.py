@@ -90,9 +90,10 @@ def test_only_safe_keys_may_change_on_resume():
     assert unsafe_changes(saved, load_recipe(None, ["rl.steps=20", "threads=1", "name=moved", "eval.every=5"])) == []
     layout = ["trainer.strategy=fsdp", "trainer.ranks=8", "cluster.trainer_gpus=8", "cluster.address=auto"]
     assert unsafe_changes(saved, load_recipe(None, ["rl.steps=10", *layout])) == []  # where it runs, not what
-    assert [k for k, _, _ in unsafe_changes(saved, load_recipe(None, ["rl.steps=10", "cluster.rollout_workers=2",
-                                                                     "trainer.precision=bf16-mixed"]))] == \
-        ["cluster.rollout_workers", "trainer.precision"]
+    assert unsafe_changes(saved, load_recipe(None, ["rl.steps=10", "cluster.rollout_workers=2"])) == []
+    assert [k for k, _, _ in unsafe_changes(saved, load_recipe(None, ["trainer.precision=bf16-mixed",
+                                                                     "cluster.prompts_per_call=4"]))] == \
+        ["cluster.prompts_per_call", "trainer.precision"]
     new = load_recipe(None, ["rl.lr=0.5", "rl.loss={name: ppo_clip, options: {clip_high: 0.3}}"])
     changes = unsafe_changes(saved, new)
     assert ("rl.lr", 0.001, 0.5) in changes and ("rl.loss.options.clip_high", "<unset>", 0.3) in changes

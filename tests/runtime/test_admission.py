@@ -140,3 +140,16 @@ def test_engine_metrics_of_several_deliveries_sum_counts_and_weight_means():
                                    ({"partial/returned": 0.0, "partial/segments_per_traj": 0.0}, 0),
                                    ({"partial/returned": 4.0, "partial/segments_per_traj": 3.5}, 4)])
     assert merged == {"partial/returned": 12.0, "partial/segments_per_traj": 2.5}
+
+
+def test_partial_buffers_are_dealt_to_a_new_number_of_workers():
+    """Resume with more or fewer rollout workers: every buffered group lands on exactly one worker, the oldest
+    (first) groups of each saved buffer first; the same count keeps the buffers as saved."""
+    from longcot.runtime.async_loop import deal_partial_buffers
+
+    saved = [{"a": [1], "b": [2], "c": [3]}, {"d": [4]}]
+    assert deal_partial_buffers(saved, 2) is saved
+    assert deal_partial_buffers([None, None], 3) == [None, None, None]
+    three = deal_partial_buffers(saved, 3)
+    assert three == [{"a": [1], "c": [3]}, {"d": [4]}, {"b": [2]}]
+    assert deal_partial_buffers(saved, 1) == [{"a": [1], "d": [4], "b": [2], "c": [3]}]

@@ -52,6 +52,25 @@ def test_partial_rollouts_buffer_in_the_driver(tmp_path):
     assert summary["eval"]["after_rl"]["n"] == 4
 
 
+def test_resume_deals_the_partial_buffer_to_more_workers(tmp_path):
+    """A finished Ray run with partial rollouts, saved by one worker, is extended (rl.steps 2 -> 4) on two: the
+    unfinished samples buffered in the state are dealt to both, new prompts are drawn for the added steps (before,
+    the prompt count left came from the old rl.steps and the run waited forever), and every step after the resume
+    trains on a complete batch."""
+    partial = ["data.num_train=200", "rollout.max_tokens=48", "eval.max_tokens=48", "partial.token_budget=16",
+               "partial.repetition.enabled=false", "rl.checkpoint_every=1"]
+    run(tmp_path, "arith-moe-partial.yaml", ["rl.steps=2", *partial])
+    assert any(r["partial/buffered"] > 0 for r in rows(tmp_path / "run"))  # the state has a buffer to deal
+    r = load_recipe(ROOT / "recipes/tiny/arith-moe-partial.yaml", [*SMALL, f"out_dir={tmp_path}", "name=run",
+                                                                   "rl.steps=4", *partial, "cluster.rollout_workers=2",
+                                                                   "cluster.worker_cpus=0.5"])  # the shared 2-CPU Ray
+    train(r, resume=True)
+    got = rows(tmp_path / "run")
+    assert [x["step"] for x in got] == [0, 1, 2, 3]
+    assert all(x["async/batch_samples"] == 16 and x["async/staleness_max"] <= 1 for x in got)
+    assert "async/busy/worker1" in got[-1]  # the second worker took part
+
+
 def test_dynamic_sampling_fills_the_batch_with_informative_groups(tmp_path):
     _, got = run(tmp_path, "arith-moe.yaml", [
         "rl.steps=2", "data.num_train=200", "rollout.max_tokens=16", "eval.max_tokens=16", "rl.dynamic_sampling=true",

@@ -23,12 +23,13 @@ from longcot.run.state import TrainingState, load_latest
 # Keys a resumed run may change: how long it runs, how often it saves or evaluates, threads, where it logs, where
 # the run directory is (a run moved or copied elsewhere is the same run), and how the trainer is laid out over
 # processes and machines (a state saved by one strategy loads into another: the optimizer state is the full one,
-# keyed by parameter name; docs/training.md). Not the number of rollout workers (each keeps its own partial-rollout
-# buffer in the state), nor trainer.device or trainer.precision (other numbers). A key names itself and its subkeys.
+# keyed by parameter name; docs/training.md), and the number of rollout workers (buffered partial rollouts are dealt
+# to the new ones). Not trainer.device or trainer.precision (other numbers). A key names itself and its subkeys.
 SAFE_ON_RESUME = ("rl.steps", "threads", "rl.checkpoint_every", "rl.keep_checkpoints", "eval.every", "name",
                   "out_dir", "trainer.strategy", "trainer.ranks", "trainer.timeout_minutes", "cluster.address",
-                  "cluster.worker_cpus", "cluster.worker_gpus", "cluster.worker_resources", "cluster.trainer_cpus",
-                  "cluster.trainer_gpus", "cluster.trainer_resources", "cluster.max_worker_restarts")
+                  "cluster.rollout_workers", "cluster.worker_cpus", "cluster.worker_gpus", "cluster.worker_resources",
+                  "cluster.trainer_cpus", "cluster.trainer_gpus", "cluster.trainer_resources",
+                  "cluster.max_worker_restarts")
 
 
 def _safe(key: str) -> bool:

@@ -27,6 +27,7 @@ from collections import deque
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import replace
+from itertools import zip_longest
 from typing import Any
 
 from longcot.config import Recipe
@@ -70,6 +71,21 @@ def merge_engine_metrics(deliveries: list[tuple[dict[str, float], int]],
     return out
 
 
+def deal_partial_buffers(saved: list[dict | None], workers: int) -> list[dict | None]:
+    """The partial-rollout buffers of a state (one per rollout worker when it was saved) for ``workers`` workers:
+    as saved when the count is the same; else every buffered group, oldest first by position, dealt round-robin
+    (a resumed run may have more or fewer workers; any engine can continue a buffered sample)."""
+    if len(saved) == workers:
+        return saved
+    if all(b is None for b in saved):
+        return [None] * workers
+    groups = [item for items in zip_longest(*(list((b or {}).items()) for b in saved)) for item in items if item]
+    out: list[dict | None] = [{} for _ in range(workers)]
+    for i, (gid, members) in enumerate(groups):
+        out[i % workers][gid] = members
+    return out
+
+
 def _add(timer: StepTimer, phase: str, seconds: float) -> None:
     """Charge ``seconds`` to ``phase`` (for phases measured by hand, interleaved in one wait)."""
     timer.parts[phase] = timer.parts.get(phase, 0.0) + max(seconds, 0.0)
@@ -99,6 +115,7 @@ class AsyncRL:
                           for w, s in zip(workers, stacks, strict=True)]
         self.started = False
         self.step_index = 0
+        self.consumed = 0  # units trained on over the run (a resumed run may have a new rl.steps)
         self.remaining = self.rl.steps * P
         self.kept = self.examined = 0  # dynamic sampling, over the run
         self.totals = {"dropped_samples": 0.0}
@@ -139,6 +156,9 @@ class AsyncRL:
 
     # ---- one step ------------------------------------------------------------------------------------------------
     def step(self, step: int) -> tuple[dict, list[Trajectory]]:
+        if self.remaining <= 0:  # no producer would ever draw another prompt: fail instead of waiting forever
+            raise RuntimeError(f"RL step {step}: the {self.consumed} prompts of rl.steps={self.rl.steps} x "
+                               f"rl.prompts_per_step={self.rl.prompts_per_step} are all trained on already")
         self.start()
         timer = StepTimer()
         self.step_index = step
@@ -181,7 +201,8 @@ class AsyncRL:
             self._pump(timeout=0.5)
         _add(timer, "reward", self.reward_s - r0)
         _add(timer, "wait_rollouts", time.perf_counter() - t0 - (self.reward_s - r0))
-        self.remaining -= len(adm.units)
+        self.consumed += len(adm.units)
+        self.remaining = self.rl.steps * self.rl.prompts_per_step - self.consumed
         if informative is not None:
             self.kept += len(adm.units)
             self.examined += len(adm.units) + len(adm.uninformative)
@@ -304,8 +325,8 @@ class AsyncRL:
             while not self.deliveries.empty():
                 self._pump(timeout=0)
             return {"buffer": list(self.buffer), "requeued": list(self.prompts.requeued), "seq": self.prompts.seq,
-                    "remaining": self.remaining, "kept": self.kept, "examined": self.examined,
-                    "totals": dict(self.totals),
+                    "remaining": self.remaining, "consumed": self.consumed, "kept": self.kept,
+                    "examined": self.examined, "totals": dict(self.totals),
                     "partial": [getattr(s, "buffer", None) for s in self.stacks]}
 
     def load_state_dict(self, state: dict) -> None:
@@ -313,10 +334,14 @@ class AsyncRL:
         if self.started:
             raise RuntimeError("AsyncRL.load_state_dict must run before the first step")
         self.buffer = deque(state["buffer"])
-        self.remaining, self.kept, self.examined = state["remaining"], state["kept"], state["examined"]
+        total = self.rl.steps * self.rl.prompts_per_step
+        # what is left follows the resumed run's rl.steps (extending a finished run must draw new prompts); a state
+        # saved before "consumed" existed keeps its own count
+        self.consumed = state.get("consumed", total - state["remaining"])
+        self.remaining, self.kept, self.examined = total - self.consumed, state["kept"], state["examined"]
         self.totals = dict(state["totals"])
         ahead = len(self.buffer) + sum(len(c.prompts) for c in state["requeued"])
-        for stack, buf in zip(self.stacks, state["partial"], strict=True):
+        for stack, buf in zip(self.stacks, deal_partial_buffers(state["partial"], len(self.stacks)), strict=True):
             if buf is not None:
                 stack.buffer = buf
                 ahead += len(buf)

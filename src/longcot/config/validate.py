@@ -205,7 +205,8 @@ def _check_paths(recipe, problems: Problems) -> None:
 
 
 def _check_combinations(recipe, problems: Problems) -> None:
-    """Option combinations that train on a biased objective without any error."""
+    """Option combinations that train on a biased objective without any error, or that would only fail late, deep
+    in the run."""
     r, rl = recipe.rollout, recipe.rl
     truncated = r.top_p < 1.0 or r.top_k > 0
     readers = [k for k, on in (("rl.rollout_correction", rl.rollout_correction.active),

@@ -116,13 +116,17 @@ class AsyncRL:
         self.started = False
         self.step_index = 0
         self.consumed = 0  # units trained on over the run (a resumed run may have a new rl.steps)
-        self.remaining = self.rl.steps * P
         self.kept = self.examined = 0  # dynamic sampling, over the run
         self.totals = {"dropped_samples": 0.0}
         self._reset_step_stats()
         self.mark = time.perf_counter()
         self.busy_mark = [0.0] * n
         self.wait_mark = [0.0] * n
+
+    @property
+    def remaining(self) -> int:
+        """Units still to train on in this run: what the prompt queue may still draw for."""
+        return self.rl.steps * self.rl.prompts_per_step - self.consumed
 
     # ---- what producers call ----------------------------------------------------------------------------------
     def _sampling(self, seq: int):
@@ -202,7 +206,6 @@ class AsyncRL:
         _add(timer, "reward", self.reward_s - r0)
         _add(timer, "wait_rollouts", time.perf_counter() - t0 - (self.reward_s - r0))
         self.consumed += len(adm.units)
-        self.remaining = self.rl.steps * self.rl.prompts_per_step - self.consumed
         if informative is not None:
             self.kept += len(adm.units)
             self.examined += len(adm.units) + len(adm.uninformative)
@@ -334,11 +337,10 @@ class AsyncRL:
         if self.started:
             raise RuntimeError("AsyncRL.load_state_dict must run before the first step")
         self.buffer = deque(state["buffer"])
-        total = self.rl.steps * self.rl.prompts_per_step
         # what is left follows the resumed run's rl.steps (extending a finished run must draw new prompts); a state
         # saved before "consumed" existed keeps its own count
-        self.consumed = state.get("consumed", total - state["remaining"])
-        self.remaining, self.kept, self.examined = total - self.consumed, state["kept"], state["examined"]
+        self.consumed = state.get("consumed", self.rl.steps * self.rl.prompts_per_step - state["remaining"])
+        self.kept, self.examined = state["kept"], state["examined"]
         self.totals = dict(state["totals"])
         ahead = len(self.buffer) + sum(len(c.prompts) for c in state["requeued"])
         for stack, buf in zip(self.stacks, deal_partial_buffers(state["partial"], len(self.stacks)), strict=True):

@@ -40,17 +40,36 @@ _VLLM_ENV_DEFAULTS = {
 }
 
 
-class _ThreadBindingNoise(logging.Filter):
-    """Drops vLLM's "doesn't allow to use torch.set_num_threads after the thread binding" warning, which a CPU
-    engine prints five times while it is built: vLLM's own model loading and renderer warm-up call
-    ``torch.set_num_threads``, which its CPU worker has just replaced with that warning. Nothing is wrong and
-    the user cannot act on it; :class:`VLLMEngine` puts the real function back once the engine is built."""
+class _MessageFilter(logging.Filter):
+    """Drops a vLLM log line that reports nothing wrong and that the user cannot act on (see ``_VLLM_NOISE``)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "after the thread binding" not in record.getMessage()
+        return self.text not in record.getMessage()
 
 
-_THREAD_NOISE = _ThreadBindingNoise()
+# vLLM logger -> a message it prints where nothing is wrong. Each filter is one object, so adding it again is a no-op.
+_VLLM_NOISE = {
+    # Printed five times while a CPU engine is built: vLLM's own model loading and renderer warm-up call
+    # torch.set_num_threads, which its CPU worker has just replaced with this warning. VLLMEngine puts the real
+    # function back once the engine is built.
+    "vllm.v1.worker.cpu_worker": _MessageFilter("after the thread binding"),
+    # Printed at every weight sync: the reload counts the rotary embedding's cos/sin table as a loadable tensor,
+    # finds none in the checkpoint (it is a buffer computed from the config, not a weight) and puts the computed
+    # one back, which is what it should do. The synced engine's log-probs match the trainer's
+    # (tests/test_weight_sync.py). Other layers that fail to load still warn.
+    "vllm.model_executor.model_loader.reload.layerwise": _MessageFilter("RotaryEmbedding: Failed to load weights"),
+}
+
+
+def _quiet_vllm_noise(worker: Any = None) -> None:
+    """Adds the ``_VLLM_NOISE`` filters in this process; run in the engine's process and, through
+    ``collective_rpc``, in each of its worker processes (tensor parallelism)."""
+    for name, noise in _VLLM_NOISE.items():
+        logging.getLogger(name).addFilter(noise)
 
 
 class VLLMEngine:
@@ -97,7 +116,7 @@ class VLLMEngine:
             dtype = "float32" if current_platform.is_cpu() else "auto"
         tok_path = llm_kwargs.pop("tokenizer_path", None) or _tokenizer_path(tokenizer)
         set_threads = torch.set_num_threads  # vLLM's CPU worker replaces it with a no-op; restored below
-        logging.getLogger("vllm.v1.worker.cpu_worker").addFilter(_THREAD_NOISE)  # a set: added once
+        _quiet_vllm_noise()
         t0 = time.perf_counter()
         if not torch.cuda.is_available():
             # vLLM 0.32 CPU bug: a chunked prefill of a seeded request rewinds its generator with set_offset,
@@ -111,6 +130,8 @@ class VLLMEngine:
                 gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager,
                 logprobs_mode=logprobs_mode, **llm_kwargs,
             )
+        if self.llm.llm_engine.vllm_config.parallel_config.world_size > 1:
+            self.llm.collective_rpc(_quiet_vllm_noise)
         self.routing_layers, self.num_experts = self._routing_layers() if routing_capture else ([], 0)
         self.start_s = time.perf_counter() - t0
         # Sleep mode (longcot.rollout.colocate): CUDA only, and only if the engine was built for it.

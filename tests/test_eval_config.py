@@ -33,6 +33,14 @@ def test_flags_and_overrides_map_to_keys():
     assert cfg.template == "raw" and cfg.dataset.split == "train"
 
 
+def test_flags_may_sit_between_the_overrides():
+    """docs/eval.md's `longcot eval RECIPE --model M key=value ... --out DIR`: argparse's plain parse stopped at
+    the first flag and refused the overrides after it ("unrecognized arguments")."""
+    ns = parse_args([str(RECIPES / "aime24.yaml"), "--model", "m", "n=4", "k=[1,4]", "--out", "o", "max_tokens=64"])
+    cfg = config_from_args(ns)
+    assert (cfg.model, cfg.n, cfg.k, cfg.max_tokens, cfg.out) == ("m", 4, [1, 4], 64, "o")
+
+
 def test_typos_name_the_closest_key():
     with pytest.raises(ConfigError, match="did you mean 'temperature'"):
         load_eval_config(str(RECIPES / "aime24.yaml"), ["temprature=0.7"])

@@ -33,3 +33,16 @@ def test_the_tiny_recipes_load_and_share_the_long_models_data(recipe):
 def test_bad_values_name_the_key(override, match):
     with pytest.raises(ConfigError, match=match):
         load_recipe(ROOT / "recipes/tiny/long2short-dpo.yaml", [override])
+
+
+def test_cli_takes_flags_between_the_overrides(tmp_path, capsys):
+    """`longcot long2short RECIPE seed=1 --dry-run key=value`: a plain argparse parse refused the overrides after
+    the flag ("unrecognized arguments")."""
+    from longcot.long2short.cli import run_main
+    from longcot.policies.build import build_tiny_moe
+
+    long_model = build_tiny_moe(tmp_path / "long")
+    code = run_main([str(ROOT / "recipes/tiny/long2short-merge.yaml"), "seed=1", "--dry-run",
+                     "long2short.merge.long_weight=0.7", f"long2short.long_model={long_model}"])
+    out = capsys.readouterr().out
+    assert code == 0 and "seed: 1" in out and "long_weight: 0.7" in out

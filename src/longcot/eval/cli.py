@@ -53,7 +53,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--allow-missing", action="store_true", help="re-score mode: allow problems with no responses")
     p.add_argument("--reward-module", action="append", default=[], metavar="MODULE",
                    help="import a module of @reward functions first (a custom --grader); a name or a .py path")
-    return p.parse_args(argv)
+    return p.parse_intermixed_args(argv)  # flags may come before, between or after the overrides
 
 
 def config_from_args(ns: argparse.Namespace) -> EvalConfig:

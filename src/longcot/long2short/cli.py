@@ -14,7 +14,7 @@ def run_main(argv: list[str]) -> int:
     ap.add_argument("--dry-run", action="store_true", help="validate and print the resolved recipe, then exit")
     ap.add_argument("--resume", action="store_true", help="method rl: continue runs/<name>/ from its latest state")
     ap.add_argument("--overwrite", action="store_true", help="method rl: delete an existing runs/<name>/ first")
-    ns = ap.parse_args(argv)
+    ns = ap.parse_intermixed_args(argv)  # flags may come before, between or after the overrides
     from longcot.config import ConfigError, load_recipe, to_dict
     from longcot.long2short.run import check_recipe
 

@@ -36,6 +36,10 @@ def dry_run(capsys, *overrides: str) -> tuple[int, str]:
     ("data.task_options={parts: 3}", "data.task_options", "takes no task_options"),
     ("model.path=runs/no/such/model", "model.path", "model path does not exist: runs/no/such/model"),
     ("rl.length_penalty_warmup=5", "rl.length_penalty_warmup", "'k15_length', which is not one of the recipe's"),
+    # a source beside a synthetic task trained on the synthetic task, silently
+    ("data.source=my.jsonl", "data.source", "data.task is 'arith', a synthetic task that"),
+    ("data.columns={problem: question}", "data.columns", "set data.task=dataset to train on it"),
+    ("eval.source=aime.jsonl", "eval.source", "would ignore it"),
 ])
 def test_dry_run_rejects_naming_the_key(capsys, override, key, says):
     rc, err = dry_run(capsys, override)

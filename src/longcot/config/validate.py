@@ -149,6 +149,8 @@ def _check_data(recipe, problems: Problems) -> None:
         if not data.source:
             problems.add("data.source", "data.task=dataset needs data.source (a hub name, .jsonl, .json or .parquet)")
         check_data_file(data.source, "data.source", problems)
+    else:
+        _check_synthetic_ignores_sources(recipe, problems)
     _check_sources(recipe, problems)
     if data.task == "compound":
         from dataclasses import fields
@@ -175,6 +177,20 @@ def _check_data(recipe, problems: Problems) -> None:
     elif ok:
         problems.call("data.sampler_options", check_options, _without_seed(cls.__init__), data.sampler_options,
                       where=f"sampler '{data.sampler}'")
+
+
+def _check_synthetic_ignores_sources(recipe, problems: Problems) -> None:
+    """A synthetic task makes its own problems: a data source, column mapping or held-out source set beside it
+    would be ignored, and the run would train on the synthetic task while the user believes it trains on their
+    data (``longcot train recipes/tiny/arith-moe.yaml data.source=my.jsonl`` did exactly that)."""
+    task = recipe.data.task
+    use = "set data.task=dataset to train on it (docs/data.md, 'Train on your own data')"
+    for key, value in (("data.source", recipe.data.source), ("data.columns", recipe.data.columns),
+                       ("eval.source", recipe.eval.source), ("eval.split", recipe.eval.split),
+                       ("eval.columns", recipe.eval.columns)):
+        if value:
+            problems.add(key, f"is set, but data.task is '{task}', a synthetic task that makes its own training "
+                              f"and held-out problems and would ignore it; {use}")
 
 
 def _without_seed(fn: Callable) -> Callable:

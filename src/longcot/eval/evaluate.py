@@ -28,24 +28,34 @@ def response_text(traj: Trajectory, tokenizer) -> str:
     return tokenizer.decode(traj.response_ids, skip_special_tokens=True)
 
 
+def sample_rows(trajs: list[Trajectory], tokenizer=None) -> list[dict]:
+    """What grading and ``samples.jsonl`` keep of each trajectory: its problem, text, length and finish."""
+    return [{"id": t.prompt_id, "response": response_text(t, tokenizer), "tokens": len(t.response_ids),
+             "finish": t.finish} for t in trajs]
+
+
 def grade_trajectories(trajs: list[Trajectory], gold: dict[str, str], grader, tokenizer=None,
                        metas: dict[str, dict] | None = None) -> list[dict]:
-    """One ``samples.jsonl`` record per trajectory; ``sample`` counts within a problem in engine order.
+    """One ``samples.jsonl`` record per trajectory (:func:`grade_rows` of their :func:`sample_rows`)."""
+    return grade_rows(sample_rows(trajs, tokenizer), gold, grader, metas)
+
+
+def grade_rows(rows: list[dict], gold: dict[str, str], grader, metas: dict[str, dict] | None = None) -> list[dict]:
+    """One ``samples.jsonl`` record per sample row; ``sample`` counts within a problem in engine order.
     ``metas`` (prompt id -> prompt meta) reach the grader too: the code grader reads its tests there."""
-    unknown = {t.prompt_id for t in trajs} - set(gold)
+    unknown = {r["id"] for r in rows} - set(gold)
     if unknown:
         raise KeyError(f"engine returned trajectories for unknown prompt ids {sorted(unknown)[:5]}")
-    texts = [response_text(t, tokenizer) for t in trajs]
-    row_metas = None if metas is None else [metas[t.prompt_id] for t in trajs]
-    graded = grade_all(grader, texts, [gold[t.prompt_id] for t in trajs], [t.finish for t in trajs], row_metas)
+    row_metas = None if metas is None else [metas[r["id"]] for r in rows]
+    graded = grade_all(grader, [r["response"] for r in rows], [gold[r["id"]] for r in rows],
+                       [r["finish"] for r in rows], row_metas)
     counts: dict[str, int] = {}
     records = []
-    for t, text, (extracted, correct), error in zip(trajs, texts, graded, grade_errors(grader, len(trajs)),
-                                                     strict=True):
-        pid = t.prompt_id
+    for row, (extracted, correct), error in zip(rows, graded, grade_errors(grader, len(rows)), strict=True):
+        pid = row["id"]
         records.append({
-            "id": pid, "sample": counts.get(pid, 0), "response": text, "extracted": extracted,
-            "correct": bool(correct), "tokens": len(t.response_ids), "finish": t.finish,
+            "id": pid, "sample": counts.get(pid, 0), "response": row["response"], "extracted": extracted,
+            "correct": bool(correct), "tokens": row["tokens"], "finish": row["finish"],
         })
         if error:
             records[-1]["reward_error"] = error  # graded wrong because grading failed, not because it is wrong
@@ -90,11 +100,15 @@ def evaluate(
     out_dir: str | Path | None,
     ks: list[int] = (1,),
     info: dict[str, Any] | None = None,
+    generate: Callable[[list[Prompt], SamplingConfig], tuple[list[dict], set[str]]] | None = None,
 ) -> dict:
     """Sample ``sampling.n`` responses per prompt (gold in ``prompt.meta["answer"]``), grade, summarise.
 
     Writes the outputs to ``out_dir`` unless it is None and returns the summary dict
-    (``{"n", "metrics", "per_problem"}``); ``metrics`` includes generation throughput (tokens/s).
+    (``{"n", "metrics", "per_problem"}``); ``metrics`` includes generation throughput (tokens/s). ``generate``
+    replaces the one engine call: it returns the sample rows (:func:`sample_rows`) in prompt order and the ids of
+    problems it did not generate now (``longcot eval``'s :class:`~longcot.eval.resumable.ResumableGeneration`
+    reads those back from an interrupted run; they are left out of the throughput).
     """
     # a code problem has tests and no answer; the math grader's rows always have one (checked at load time)
     gold = {p.prompt_id: str(p.meta["answer"]) if "answer" in p.meta else "" for p in prompts}
@@ -102,22 +116,30 @@ def evaluate(
     if len(gold) != len(prompts):
         raise ValueError("evaluate: prompt ids must be unique")
     start = time.perf_counter()
-    trajs = engine.generate(prompts, sampling, group_tag="")
+    if generate is None:
+        rows, resumed = sample_rows(engine.generate(prompts, sampling, group_tag=""), tokenizer), set()
+    else:
+        rows, resumed = generate(prompts, sampling)
     gen_s = time.perf_counter() - start
     expected = len(prompts) * sampling.n
-    if len(trajs) != expected:
-        raise RuntimeError(f"engine returned {len(trajs)} trajectories, expected {expected} (n x problems)")
+    if len(rows) != expected:
+        raise RuntimeError(f"engine returned {len(rows)} trajectories, expected {expected} (n x problems)")
     start = time.perf_counter()
-    records = grade_trajectories(trajs, gold, grader, tokenizer, metas)
+    records = grade_rows(rows, gold, grader, metas)
     grade_s = time.perf_counter() - start
     summary = summarize(records, ks, gold=gold, seed=sampling.seed or 0)
     tokens = sum(r["tokens"] for r in records)
+    new_tokens = sum(r["tokens"] for r in records if r["id"] not in resumed)
     summary["metrics"].update({
         "gen_seconds": gen_s, "grade_seconds": grade_s, "gen_tokens": tokens,
-        "tokens_per_s": tokens / gen_s if gen_s > 0 else 0.0, "requests": expected,
+        "tokens_per_s": new_tokens / gen_s if gen_s > 0 else 0.0, "requests": expected,
         "grade_errors": getattr(grader, "errors", 0),
     })
-    log.info("eval: %d requests, %d tokens in %.1fs (%.0f tok/s)", expected, tokens, gen_s, tokens / max(gen_s, 1e-9))
+    if resumed:
+        summary["metrics"]["resumed_problems"] = len(resumed)
+    log.info("eval: %d requests, %d tokens in %.1fs (%.0f tok/s)%s", expected - len(resumed) * sampling.n,
+             new_tokens, gen_s, new_tokens / max(gen_s, 1e-9),
+             f"; {len(resumed)} problems read back from an interrupted run" if resumed else "")
     if out_dir is not None:
         write_outputs(records, summary, out_dir, info or {})
     return summary

@@ -15,6 +15,7 @@ from longcot.eval.config import EvalConfig
 from longcot.eval.dataset import build_prompts, effective_template, load_problems, load_problems_counted
 from longcot.eval.evaluate import evaluate
 from longcot.eval.grading import make_grader
+from longcot.eval.resumable import ResumableGeneration
 from longcot.rollout.base import Prompt, SamplingConfig
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,8 @@ def make_engine(cfg: EvalConfig, tokenizer, prompts: list[Prompt]):
 
 
 def run_eval(cfg: EvalConfig) -> dict:
-    """``longcot eval RECIPE``: load everything, generate all n x problems at once, grade, write ``cfg.out``."""
+    """``longcot eval RECIPE``: load everything, generate all n x problems at once, grade, write ``cfg.out``.
+    Finished problems are saved as they finish and read back by a rerun (``longcot.eval.resumable``)."""
     from longcot.policies.load import load_tokenizer
 
     if not cfg.model:
@@ -88,9 +90,12 @@ def run_eval(cfg: EvalConfig) -> dict:
     engine, kind = make_engine(cfg, tokenizer, prompts)
     info = protocol_info(cfg, engine=kind, problems=len(prompts), skipped_no_answer=len(skipped), template=template,
                          length_unit="tokens")
+    generate = ResumableGeneration(engine, tokenizer, cfg.out, info)
     try:
-        return evaluate(engine, tokenizer, prompts, sampling_config(cfg), grader_for(cfg), cfg.out, ks=cfg.k,
-                        info=info)
+        summary = evaluate(engine, tokenizer, prompts, sampling_config(cfg), grader_for(cfg), cfg.out, ks=cfg.k,
+                           info=info, generate=generate)
+        generate.finish()
+        return summary
     finally:
         if hasattr(engine, "shutdown"):
             engine.shutdown()

@@ -13,7 +13,7 @@ import gc
 import logging
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -200,20 +200,56 @@ class VLLMEngine:
         inputs = [{"prompt_token_ids": list(p.prompt_ids)} for p in prompts]
         outputs, captured = self.routed_generate(inputs, params, sampling.routed_experts)
         trajs: list[Trajectory] = []
+        for prompt, out in zip(prompts, outputs, strict=True):
+            trajs += self._output_trajectories(prompt, out, sampling, group_tag, captured)
+        return trajs
+
+    def generate_stream(self, prompts: list[Prompt], sampling: SamplingConfig,
+                        on_prompt: Callable[[Prompt, list[Trajectory]], None]) -> None:
+        """:meth:`generate` (same seeds, same samples) that hands each prompt's samples to ``on_prompt`` as soon as
+        vLLM has finished them, so a long evaluation can save its work as it goes (``longcot.eval.resumable``).
+        All requests are queued at once, so continuous batching is as in :meth:`generate`. If ``on_prompt`` raises
+        (or Ctrl-C), the requests still running are aborted before the exception goes on."""
+        check_inputs(prompts, sampling, self.max_model_len)
+        if sampling.routed_experts:
+            raise ValueError("generate_stream does not capture routing (MoE routing replay): use generate")
+        if not prompts:
+            return
+        params = [self._sampling_params(sampling, prompt_seed(sampling.seed, p.prompt_id)) for p in prompts]
+        ids = self.llm.enqueue([{"prompt_token_ids": list(p.prompt_ids)} for p in prompts], params, use_tqdm=False)
+        # enqueue returns vLLM's internal ids ("7-1a2b3c4d"); outputs carry the request id it was made from ("7")
+        waiting = {_request_key(rid): (rid, prompt) for rid, prompt in zip(ids, prompts, strict=True)}
+        engine = self.llm.llm_engine
+        try:
+            while engine.has_unfinished_requests():
+                for out in engine.step():
+                    if out.finished and _request_key(out.request_id) in waiting:
+                        _, prompt = waiting.pop(_request_key(out.request_id))
+                        on_prompt(prompt, self._output_trajectories(prompt, out, sampling, "", None))
+        except BaseException:
+            engine.abort_request([rid for rid, _ in waiting.values()], internal=True)
+            raise
+        if waiting:
+            raise RuntimeError(f"vLLM stopped without finishing {len(waiting)} requests (e.g. prompt "
+                               f"{next(iter(waiting.values()))[1].prompt_id!r})")
+
+    def _output_trajectories(self, prompt: Prompt, out: Any, sampling: SamplingConfig, group_tag: str,
+                             captured: dict | None) -> list[Trajectory]:
+        """The trajectories of one prompt's finished vLLM request (its ``sampling.n`` samples)."""
         # vLLM refuses n > 1 when greedy; greedy samples are identical, so one is repeated n times.
         repeat = sampling.n if sampling.temperature == 0 else 1
         detokenized = bool(sampling.stop)  # see _sampling_params
-        for prompt, out in zip(prompts, outputs, strict=True):
-            for comp in [c for c in sorted(out.outputs, key=lambda c: c.index) for _ in range(repeat)]:
-                ids = list(comp.token_ids)
-                lps = _sampled_logprobs(comp.logprobs, ids, prompt.prompt_id) if sampling.logprobs else []
-                if comp.finish_reason not in ("stop", "length"):
-                    raise RuntimeError(f"vLLM finished prompt {prompt.prompt_id!r} with {comp.finish_reason!r}")
-                text = comp.text if detokenized else self._decode(ids)
-                rows = self.routing_rows(captured, out, comp, list(prompt.prompt_ids) + ids) \
-                    if sampling.routed_experts else None
-                trajs.append(make_trajectory(prompt, group_tag, ids, lps, text, comp.finish_reason, self.version,
-                                             sampling.temperature, rows))
+        trajs = []
+        for comp in [c for c in sorted(out.outputs, key=lambda c: c.index) for _ in range(repeat)]:
+            ids = list(comp.token_ids)
+            lps = _sampled_logprobs(comp.logprobs, ids, prompt.prompt_id) if sampling.logprobs else []
+            if comp.finish_reason not in ("stop", "length"):
+                raise RuntimeError(f"vLLM finished prompt {prompt.prompt_id!r} with {comp.finish_reason!r}")
+            text = comp.text if detokenized else self._decode(ids)
+            rows = self.routing_rows(captured, out, comp, list(prompt.prompt_ids) + ids) \
+                if sampling.routed_experts else None
+            trajs.append(make_trajectory(prompt, group_tag, ids, lps, text, comp.finish_reason, self.version,
+                                         sampling.temperature, rows))
         return trajs
 
     def _decode(self, ids: list[int]) -> str:
@@ -329,6 +365,11 @@ def _sampled_logprobs(logprobs: Any, ids: list[int], prompt_id: str) -> list[flo
 def _repack_on_worker(worker: Any) -> int:
     """Runs inside the vLLM worker (``collective_rpc`` passes it as ``self``)."""
     return repack_fused_moe(worker.model_runner.model)
+
+
+def _request_key(request_id: str) -> str:
+    """The request id an output reports, from either form (``LLM.enqueue`` returns ``"<id>-<random suffix>"``)."""
+    return request_id.rsplit("-", 1)[0]
 
 
 def _tokenizer_path(tokenizer: Any) -> str | None:

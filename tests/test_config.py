@@ -78,6 +78,17 @@ def test_cross_field_validation(tmp_path):
         load_recipe(None, ["eval.num_problems=0"])
 
 
+def test_ray_serves_one_frozen_checkpoint():
+    """Each Ray rollout worker builds one frozen engine beside the policy's: two frozen checkpoints are refused
+    there, at load time; one is fine (and any number in the local runtime)."""
+    wide = DEMO.parent / "parl-wide-specialist.yaml"
+    two = ["agents.subagents.calc2={policy: frozen, path: a}", "agents.subagents.calc.path=b"]
+    with pytest.raises(ConfigError, match="frozen roles on several checkpoints"):
+        load_recipe(wide, ["cluster.backend=ray", "rl.max_off_policy_steps=0", *two])
+    load_recipe(wide, ["cluster.backend=ray"])
+    load_recipe(wide, two)
+
+
 def test_logprobs_every_must_not_be_negative():
     with pytest.raises(ConfigError, match="rollout.logprobs_every must be >= 0"):
         load_recipe(DEMO, ["rollout.logprobs_every=-1"])

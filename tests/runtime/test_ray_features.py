@@ -110,3 +110,52 @@ def test_trainer_ranks_inside_the_trainer_actor(tmp_path):
     assert checks and max(checks) < 1e-4
     assert (tmp_path / "run" / "checkpoints" / "final" / "config.json").is_file()
     assert summary["eval"]["after_rl"]["n"] == 4
+
+
+
+FROZEN = ["agents.subagents.calc.recipe=''", "agents.subagents.calc.engine=hf", "agents.subagents.calc.max_tokens=8",
+          "agents.subagent_max_tokens=16", "agents.budget.max_subagent_tokens=64", "agents.default_role=calc"]
+
+
+def test_frozen_role_is_served_by_its_checkpoint_in_each_worker(tmp_path):
+    """A frozen sub-agent role (a fixed checkpoint that never gets weights) in Ray mode: each rollout worker builds
+    its engine beside the policy's, and each worker's agent loop sends that role to the one in its own actor. The
+    frozen checkpoint's greedy answers come back, not the policy's."""
+    from longcot.policies.build import build_tiny_moe
+    from longcot.policies.load import load_tokenizer
+    from longcot.rollout.base import Prompt, SamplingConfig
+    from longcot.rollout.hf import HFEngine
+    from longcot.runtime.ray import RayRuntime
+
+    policy, frozen = build_tiny_moe(tmp_path / "policy"), build_tiny_moe(tmp_path / "frozen", seed=1)
+    recipe = load_recipe(ROOT / "recipes/tiny/parl-wide-specialist.yaml",
+                         [*SMALL, "cluster.rollout_workers=2", "cluster.worker_cpus=0.5", f"out_dir={tmp_path}",
+                          "name=run", f"agents.subagents.calc.path={frozen}", *FROZEN])
+    tok = load_tokenizer(str(policy))
+    prompts = [Prompt("p0", tok("Q: 7-2+4\n")["input_ids"]), Prompt("p1", tok("Q: 9-3\n")["input_ids"])]
+    greedy = SamplingConfig(n=1, temperature=0.0, max_tokens=12, logprobs=False)
+    runtime = RayRuntime(recipe, tmp_path / "run", str(policy), tok, 256, {})
+    try:
+        assert len(runtime.frozen) == 2 and runtime.frozen_roles == ["calc"]
+        stacks = [runtime._agent_stack(w, i) for i, w in enumerate(runtime.workers)]
+        assert [s.roles["calc"].engine for s in stacks] == runtime.frozen  # each worker's own frozen engine
+        assert stacks[0].roles["worker"].engine is runtime.workers[0]  # the shared role: the policy
+        served = [[t.response_ids for t in f.generate(prompts, greedy)] for f in runtime.frozen]
+        policy_out = [t.response_ids for t in runtime.workers[0].generate(prompts, greedy)]
+    finally:
+        runtime.shutdown()
+    local = [t.response_ids for t in HFEngine(str(frozen), tok).generate(prompts, greedy)]
+    assert served == [local, local] and policy_out != local
+
+
+def test_frozen_role_run_finishes(tmp_path):
+    """The parl-wide-specialist recipe in Ray mode with its frozen role (refused before): the run trains and
+    evaluates with the frozen engines up beside the policy's."""
+    from longcot.policies.build import build_tiny_moe
+
+    frozen = build_tiny_moe(tmp_path / "frozen", seed=1)
+    summary, got = run(tmp_path, "parl-wide-specialist.yaml", [
+        "rl.steps=2", "rl.prompts_per_step=2", "rollout.n=2", "data.num_train=16", "rollout.max_tokens=32",
+        "eval.max_tokens=32", "rl.checkpoint_every=0", f"agents.subagents.calc.path={frozen}", *FROZEN])
+    assert [r["step"] for r in got] == [0, 1] and all(r["async/batch_samples"] >= 4 for r in got)
+    assert summary["eval"]["after_rl"]["n"] == 4

@@ -97,10 +97,9 @@ def train_specialists(recipe: Any) -> list[Path]:
     return done
 
 
-def build_frozen(cfg: Any, tokenizer: Any, policy_path: str, out_dir: str | Path, max_model_len: int | None,
-                 build_engine) -> dict[str, Engine]:
-    """One engine per distinct (engine kind, checkpoint) among the frozen roles of ``cfg`` (an AgentsConfig)."""
-    engines: dict[tuple[str, str], Engine] = {}
+def frozen_checkpoints(cfg: Any, policy_path: str, out_dir: str | Path) -> dict[str, tuple[str, str]]:
+    """Role -> (engine kind, checkpoint) for each frozen role of ``cfg`` (an AgentsConfig): its ``path``, its
+    ``recipe``'s final checkpoint (which must exist by now), or the policy RL starts from."""
     out = {}
     for name, spec in cfg.subagents.items():
         if spec.policy != "frozen":
@@ -109,9 +108,18 @@ def build_frozen(cfg: Any, tokenizer: Any, policy_path: str, out_dir: str | Path
         if spec.recipe and not spec.path and not (Path(path) / "config.json").is_file():
             raise FileNotFoundError(f"role '{name}': no specialist checkpoint at {path}; run its recipe "
                                     f"({spec.recipe}) first (longcot train does, via train_specialists)")
-        key = (spec.engine, str(path))
+        out[name] = (spec.engine, str(path))
+    return out
+
+
+def build_frozen(cfg: Any, tokenizer: Any, policy_path: str, out_dir: str | Path, max_model_len: int | None,
+                 build_engine) -> dict[str, Engine]:
+    """One engine per distinct (engine kind, checkpoint) among the frozen roles of ``cfg`` (an AgentsConfig)."""
+    engines: dict[tuple[str, str], Engine] = {}
+    out = {}
+    for name, key in frozen_checkpoints(cfg, policy_path, out_dir).items():
         if key not in engines:
             options = {"max_model_len": max_model_len} if max_model_len else {}
-            engines[key] = build_engine(spec.engine, str(path), tokenizer, **options)
+            engines[key] = build_engine(key[0], key[1], tokenizer, **options)
         out[name] = engines[key]
     return out

@@ -464,10 +464,10 @@ class Recipe:
         if self.rl.routing_replay == "r3" and self.rollout.engine != "vllm":
             raise ValueError(f"rl.routing_replay=r3 needs the vllm engine (it captures the experts), not "
                              f"{self.rollout.engine!r}")
-        frozen_roles = [n for n, r in self.agents.subagents.items() if r.policy == "frozen"]
-        if self.cluster.backend == "ray" and self.agents.enabled and frozen_roles:
-            raise ValueError(f"agents.subagents roles {frozen_roles} are frozen checkpoints: cluster.backend=ray "
-                             "serves only shared roles (the policy being trained) so far; use cluster.backend=local")
+        frozen = {(r.engine, r.path, r.recipe) for r in self.agents.subagents.values() if r.policy == "frozen"}
+        if self.cluster.backend == "ray" and self.agents.enabled and len(frozen) > 1:
+            raise ValueError("agents.subagents: frozen roles on several checkpoints or engines: in Ray mode a rollout "
+                             "worker serves one frozen checkpoint beside the policy (cluster.backend=local serves any)")
         if self.rl.max_off_policy_steps < 0:
             raise ValueError(f"rl.max_off_policy_steps must be >= 0 (0: synchronous), got "
                              f"{self.rl.max_off_policy_steps}")

@@ -99,26 +99,47 @@ class RayRuntime:
         try:
             # the trainer starts while the workers do (it loads the policy; they build engines)
             self.rank = self._start_trainer() if recipe.rl.enabled and recipe.rl.steps > 0 else None
-            self.workers, self.frozen = self._start_workers(initial_version)
+            frozen = self._frozen_checkpoint()
+            self.frozen_roles = frozen[0]
+            self.workers, self.frozen = self._start_workers(initial_version, frozen)
             latest = lambda: self.trainer.published if self.trainer is not None else None  # noqa: E731
             pool: Any = PoolEngine(self.workers, latest)
-            if recipe.agents.enabled:  # shared sub-agent roles only (frozen roles: refused by the recipe check)
+            if recipe.agents.enabled:
                 from longcot.agents import AgentEngine
 
-                pool = AgentEngine(pool, tokenizer, recipe.agents, trace_dir=self.run_root / "agents")
+                # frozen roles: every worker's second engine, on the checkpoint, never sent weights
+                served = PoolEngine(self.frozen, lambda: None) if self.frozen else None
+                roles = {name: served for name in self.frozen_roles} if served is not None else None
+                pool = AgentEngine(pool, tokenizer, recipe.agents, frozen=roles, trace_dir=self.run_root / "agents")
             self.engine = PausingEngine(pool, self)
         except BaseException:
             self.shutdown()
             raise
 
-    def _start_workers(self, version: int) -> tuple[list[WorkerEngine], list[WorkerEngine]]:
+    def _frozen_checkpoint(self) -> tuple[list[str], tuple[str, str] | None]:
+        """The frozen sub-agent roles and the one (engine kind, checkpoint) serving them (Recipe checks there is
+        at most one), or ``([], None)``."""
+        if not self.recipe.agents.enabled:
+            return [], None
+        from longcot.agents.roles import frozen_checkpoints
+
+        roles = frozen_checkpoints(self.recipe.agents, self.policy_path, self.recipe.out_dir)
+        served = sorted(set(roles.values()))
+        if len(served) > 1:
+            raise ValueError(f"agents.subagents: frozen roles on {len(served)} checkpoints ({served}); in Ray mode "
+                             "a rollout worker serves one frozen checkpoint beside the policy")
+        return sorted(roles), (served[0] if served else None)
+
+    def _start_workers(self, version: int, frozen: tuple[list[str], tuple[str, str] | None]
+                       ) -> tuple[list[WorkerEngine], list[WorkerEngine]]:
         import ray
 
         c, r = self.recipe.cluster, self.recipe
         threads = _threads(c.worker_cpus)
-        frozen = False  # frozen sub-agent roles are not served by Ray workers yet (Recipe refuses them)
+        kind, path = frozen[1] or (None, None)
         spec = EngineSpec(r.rollout.engine, self.policy_path, str(self.policy_path),
-                          {"max_model_len": self.max_model_len, "seed": r.seed, **self.engine_options}, version)
+                          {"max_model_len": self.max_model_len, "seed": r.seed, **self.engine_options}, version,
+                          frozen_kind=kind, frozen_path=path)
         actor = ray.remote(RolloutWorker).options(
             num_cpus=c.worker_cpus, num_gpus=c.worker_gpus, resources=c.worker_resources or None,
             max_restarts=c.max_worker_restarts, max_task_retries=0, runtime_env={"env_vars": actor_env(threads)})
@@ -131,7 +152,7 @@ class RayRuntime:
         gap = r.rollout.sync_check_max_gap
         workers = [WorkerEngine(h, i, self.tokenizer, self.max_model_len, version, gap) for i, h in enumerate(handles)]
         frozen_engines = [WorkerEngine(h, i, self.tokenizer, self.max_model_len, version, gap, role="frozen")
-                          for i, h in enumerate(handles)] if frozen else []
+                          for i, h in enumerate(handles)] if kind else []
         return workers, frozen_engines
 
     def _describe(self, **parts: Any) -> None:
@@ -186,7 +207,9 @@ class RayRuntime:
             return worker
         from longcot.agents import AgentEngine
 
-        return AgentEngine(worker, self.tokenizer, self.recipe.agents,
+        # a worker's frozen roles go to the frozen engine in the same actor
+        frozen = {name: self.frozen[i] for name in self.frozen_roles} if self.frozen else None
+        return AgentEngine(worker, self.tokenizer, self.recipe.agents, frozen=frozen,
                            trace_dir=self.run_root / "agents" / f"worker{i}")
 
     def _connect_nccl(self, rank: Any) -> None:

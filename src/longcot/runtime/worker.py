@@ -32,7 +32,7 @@ class EngineSpec:
     tokenizer_path: str
     options: dict[str, Any] = field(default_factory=dict)
     version: int = 0  # the policy version the checkpoint at model_path holds
-    # a frozen sub-agent engine that never gets weights (unused so far: Recipe refuses frozen roles on ray)
+    # the engine of the frozen sub-agent roles (agents.subagents.<role>.policy: frozen), which never gets weights
     frozen_kind: str | None = None
     frozen_path: str | None = None
 

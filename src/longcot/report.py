@@ -68,8 +68,33 @@ def render(run_dir: str | Path) -> str:
         for label, r in (("first", rows[0]), ("last", rows[-1])):
             lines.append(f"{label} step: reward {r['reward_mean']:.3f}  acc {r['accuracy']:.3f}  "
                          f"len {r['response_len_mean']:.1f}  tokens/s {r.get('tokens_per_s', 0):.0f}")
+        lines += async_summary(rows)
         lines += mismatch_summary(rows)
     return "\n".join(lines)
+
+
+def async_summary(rows: list[dict]) -> list[str]:
+    """A Ray run's pipeline (docs/cluster.md): how stale the trained samples were, what admission dropped, what was
+    re-queued after worker restarts, and how busy each actor was (median over steps of the fraction of the step's
+    wall time it spent in calls; the rest is waiting). Empty for a local run."""
+    if not any("async/staleness_max" in r for r in rows):
+        return []
+    at = [r for r in rows if "async/staleness_max" in r]
+    last = at[-1]
+    lines = ["asynchronous rollouts (Ray):",
+             f"  staleness (policy versions): mean {statistics.fmean(r['async/staleness_mean'] for r in at):.2f}, "
+             f"max {max(r['async/staleness_max'] for r in at):.0f}",
+             f"  samples dropped (too stale) {last.get('async/dropped_samples_total', 0):.0f}, requeued chunks "
+             f"{last.get('async/requeued_chunks_total', 0):.0f}, worker restarts "
+             f"{last.get('async/worker_restarts_total', 0):.0f}"]
+    busy = sorted({k for r in at for k in r if k.startswith(("async/busy/", "async/wait_budget/"))},
+                  key=lambda k: (k.split("/")[2] != "trainer", k.split("/")[2], k))
+    for key in busy:
+        kind, actor = key.split("/")[1:3]
+        label = "busy" if kind == "busy" else "waiting for the off-policy budget"
+        vals = [r[key] for r in at if key in r]
+        lines.append(f"  {actor:<10} {label} {statistics.median(vals):.2f} of the step (median)")
+    return lines
 
 
 def mismatch_summary(rows: list[dict]) -> list[str]:

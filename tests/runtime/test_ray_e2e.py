@@ -39,6 +39,11 @@ def test_ray_run_stays_within_k_and_leaves_no_process(tmp_path):
     assert w.survivors() == []
     assert not os.path.exists(cluster["session_dir"])  # Ray's session files are removed too
     assert list(home.rglob("*")) == []  # nothing under $HOME: no Ray auth token, no caches
+    from longcot.report import render
+
+    report = render(run)  # `longcot report RUN` shows the pipeline: staleness, drops, each actor's busy fraction
+    assert "staleness (policy versions): mean" in report and "max 1" in report and "samples dropped" in report
+    assert "trainer    busy" in report and "worker0    busy" in report
 
 
 def test_ctrl_c_during_rl_saves_a_state_stops_every_ray_process_and_resumes(tmp_path):

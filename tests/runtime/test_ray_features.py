@@ -113,6 +113,18 @@ def test_trainer_ranks_inside_the_trainer_actor(tmp_path):
 
 
 
+def test_routing_replay_r3_on_the_workers(tmp_path):
+    """R3 in Ray mode: the workers' vLLM engines return each token's experts with the samples and the trainer
+    actor replays them (before, the loop never asked for them, and the update stopped: 'this batch carries no
+    engine routing'); the weight-sync check on the trainer routes freely, as the workers' forward does."""
+    _, got = run(tmp_path, "arith-moe.yaml", ["rl.steps=3", "data.num_train=200", "rollout.max_tokens=16",
+                                              "eval.max_tokens=16", "rl.routing_replay=r3"])
+    assert [r["step"] for r in got] == [0, 1, 2] and all(r["async/batch_samples"] == 16 for r in got)
+    assert all("routing/agreement" in r for r in got)  # the trainer saw the engine's routing on every step
+    checks = [r["sync_check/gap_max"] for r in got if "sync_check/gap_max" in r]
+    assert checks and max(checks) < 1e-4
+
+
 FROZEN = ["agents.subagents.calc.recipe=''", "agents.subagents.calc.engine=hf", "agents.subagents.calc.max_tokens=8",
           "agents.subagent_max_tokens=16", "agents.budget.max_subagent_tokens=64", "agents.default_role=calc"]
 

@@ -174,10 +174,11 @@ class Learner:
             raise ValueError("reference_logprobs needs rl.kl_coef > 0 (no reference model was built)")
         return self._logprobs(trajs, "reference", None)
 
-    def policy_logprobs(self, trajs: list[Trajectory]) -> list[list[float]]:
-        """Per-token log-probs (temperature 1) of each response under the current weights: what a weight-sync
-        check compares with the engine's own forward pass."""
-        return self._logprobs(trajs, "policy", 1.0)
+    def policy_logprobs(self, trajs: list[Trajectory], free_routing: bool = False) -> list[list[float]]:
+        """Per-token log-probs (temperature 1) of each response under the current weights. ``free_routing``: an MoE
+        routes by its own top-k instead of replaying the engine's experts (rl.routing_replay): what the weight-sync
+        check compares with the engine's own forward pass, which routes freely too (and needs no routing rows)."""
+        return self._logprobs(trajs, "policy, free routing" if free_routing else "policy", 1.0)
 
     def _logprobs(self, trajs: list[Trajectory], which: str, temperature: float | None) -> list[list[float]]:
         planned = self._plan(trajs)
@@ -192,12 +193,12 @@ class Learner:
 
     def _op_logprobs(self, payload: tuple, timer: StepTimer) -> list[torch.Tensor]:
         which, temperature, share = payload
-        model = self.model if which == "policy" else self.ref_model
+        model = self.ref_model if which == "reference" else self.model
         rows = []
         with torch.no_grad():
             for b, filler in share:
                 b = b.to(self.device)
-                with self._routing(b, first=True, filler=filler or which != "policy"):
+                with self._routing(b, first=True, filler=filler or which != "policy"):  # others route freely
                     lp = self._forward(model, b, temperature=temperature)[0]
                 if not filler:
                     rows.append(lp.cpu())

@@ -38,7 +38,7 @@ def check_weight_sync(engine: Any, learner: Any, trajs: list[Trajectory], max_ga
     if not live:
         return {}
     engine_lp = engine.compute_logprobs([t.prompt_ids for t in live], [t.response_ids for t in live])
-    trainer_lp = learner.policy_logprobs(live)
+    trainer_lp = learner.policy_logprobs(live, free_routing=True)  # the engine's forward routes freely too
     # only the tokens the policy wrote: the learner gives no log-prob to masked ones (an agent's observations,
     # a tool's output), which the engine still scores
     gaps = token_gaps(engine_lp, trainer_lp, [t.mask() for t in live])

@@ -38,7 +38,14 @@ from longcot.rl.dynamic_sampling import is_uninformative
 from longcot.rl.kl import apply_kl_to_rewards
 from longcot.rl.length_penalty import length_penalty_weight
 from longcot.rl.timing import StepTimer
-from longcot.rl.trainer import reward_means, rollout_metrics, sampling_from, step_seed, wants_rollout_logprobs
+from longcot.rl.trainer import (
+    reward_means,
+    rollout_metrics,
+    sampling_from,
+    step_seed,
+    wants_rollout_logprobs,
+    wants_routing,
+)
 from longcot.runtime.admission import Admission, Unit, admit, split_units, staleness_metrics
 from longcot.runtime.learner_actor import TrainerGroup
 from longcot.runtime.remote import WorkerEngine
@@ -130,8 +137,10 @@ class AsyncRL:
 
     # ---- what producers call ----------------------------------------------------------------------------------
     def _sampling(self, seq: int):
+        # the experts each token was routed to: every step for R3 (rl.routing_replay=r3), and with the log-probs (the
+        # routing agreement metric) when the workers' engines capture them, as in the local runtime
         return sampling_from(self.recipe, seed=step_seed(self.recipe, seq), logprobs=wants_rollout_logprobs(
-            self.recipe, seq))
+            self.recipe, seq), routed_experts=wants_routing(self.recipe, seq, self.workers[0]))
 
     def start(self) -> None:
         if not self.started:

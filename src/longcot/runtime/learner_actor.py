@@ -101,7 +101,7 @@ class LearnerRank:
 
         trajs = [Trajectory(prompt_id=str(i), group_id=str(i), prompt_ids=p, response_ids=r, rollout_logprobs=[])
                  for i, (p, r) in enumerate(zip(prompt_ids, response_ids, strict=True))]
-        return self.learner.policy_logprobs(trajs)
+        return self.learner.policy_logprobs(trajs, free_routing=True)  # as the workers' compute_logprobs routes
 
     def policy_logprobs(self, trajs: list) -> list[list[float]]:
         return self.learner.policy_logprobs(trajs)

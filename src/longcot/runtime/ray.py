@@ -151,6 +151,8 @@ class RayRuntime:
                      i["node"][:8], i["threads"])
         gap = r.rollout.sync_check_max_gap
         workers = [WorkerEngine(h, i, self.tokenizer, self.max_model_len, version, gap) for i, h in enumerate(handles)]
+        for w in workers:  # the worker's vLLM engine records each token's experts (MoE routing replay, its metrics)
+            w.captures_routing = bool(spec.options.get("routing_capture"))
         frozen_engines = [WorkerEngine(h, i, self.tokenizer, self.max_model_len, version, gap, role="frozen")
                           for i, h in enumerate(handles)] if kind else []
         return workers, frozen_engines

@@ -55,6 +55,7 @@ class WorkerEngine:
                  sync_check_max_gap: float = 0.1, role: str = "policy") -> None:
         self.handle, self.index, self.tokenizer, self.max_model_len = handle, index, tokenizer, max_model_len
         self.role = role
+        self.captures_routing = False  # set by the runtime from the engine's options (rl/trainer.py: wants_routing)
         self.loaded = version  # the version the actor holds (-1: unknown, after a restart)
         self.pinned: PublishedWeights | None = None
         self.max_gap = sync_check_max_gap

@@ -2,7 +2,7 @@
 
 - ``cluster.address: null``: a fresh local Ray instance for this run, sized to the job (CPUs: at least what the
   actors ask for; custom resources the recipe names are declared on it), its session files under a temporary
-  directory in /tmp that is removed at the end.
+  directory in /tmp that is removed at the end (and, by the next run, if a kill left it behind).
 - ``auto`` or ``host:port``: join a running cluster (``ray start --head`` / ``ray start --address=...``); the run
   checks that the cluster has the resources its actors ask for before creating any, and on leaving kills only
   the actors it created.
@@ -26,6 +26,7 @@ import shutil
 import signal
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,32 @@ def keep_out_of_home() -> None:
                        ("VLLM_NO_USAGE_STATS", "1"), ("VLLM_CACHE_ROOT", str(cache / "vllm")),
                        ("MPLCONFIGDIR", str(cache / "matplotlib"))):
         os.environ.setdefault(key, value)
+
+
+def remove_stale_sessions(root: Path, min_age_s: float = 600.0) -> list[Path]:
+    """Delete the session directories (``root/lcray-*``) that earlier runs' local Ray instances left behind.
+
+    A run removes its own at the end, but one killed with SIGKILL (the out-of-memory killer, a preempted node)
+    cannot, and a long run's logs there can be large. A directory is stale when no live process names it on its
+    command line (Ray's GCS, raylet and agents all do while they run) and it is older than ``min_age_s`` (a run
+    that has just made its directory and not yet started Ray is left alone). Returns what was removed."""
+    import psutil
+
+    candidates = [d for d in root.glob("lcray-*") if d.is_dir() and d.stat().st_uid == os.getuid()
+                  and time.time() - d.stat().st_mtime > min_age_s]
+    if not candidates:
+        return []
+    live = set()
+    for proc in psutil.process_iter(["cmdline"]):
+        for arg in proc.info["cmdline"] or ():
+            live.update(d for d in candidates if str(d) in arg)
+    stale = [d for d in candidates if d not in live]
+    for d in stale:
+        shutil.rmtree(d, ignore_errors=True)
+    if stale:
+        log.info("removed %d Ray session directories left by killed runs (%s)", len(stale),
+                 ", ".join(d.name for d in stale))
+    return stale
 
 
 def requested_resources(cfg: ClusterConfig) -> dict[str, float]:
@@ -91,6 +118,7 @@ class RaySession:
         if need.get("CPU", 0) > cpus:
             log.warning("the actors ask for %.1f CPUs, this machine has %d: they will share cores", need["CPU"], cpus)
         custom = {k: v for k, v in need.items() if k not in ("CPU", "GPU")}
+        remove_stale_sessions(Path("/tmp"))
         self.temp_dir = tempfile.mkdtemp(prefix="lcray-", dir="/tmp")  # short: Ray's socket paths must fit 107 chars
         ray.init(num_cpus=max(cpus, math.ceil(need.get("CPU", 0))), resources=custom or None,
                  include_dashboard=False, _temp_dir=self.temp_dir, log_to_driver=True)

@@ -55,6 +55,17 @@ def test_dry_run_rejects_nccl_weights_from_several_trainer_ranks(capsys):
     assert "cluster.weight_transport" not in err, err
 
 
+def test_dry_run_rejects_vllm_options_on_the_hf_engine(capsys):
+    """A recipe with vLLM engine arguments switched to rollout.engine=hf failed only when the engine was built (in
+    Ray mode as a worker's creation traceback); the dry run names the key and the option now."""
+    partial = str(ROOT / "recipes" / "tiny" / "arith-moe-partial.yaml")  # engine_options: {enable_chunked_prefill}
+    rc = main(["train", partial, "rollout.engine=hf", "--dry-run"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "arith-moe-partial.yaml:" in err and "'rollout.engine_options': rollout engine 'hf': " \
+        "unknown option 'enable_chunked_prefill'" in err, err
+    assert main(["train", partial, "rollout.engine=hf", "rollout.engine_options={batch_size: 8}", "--dry-run"]) == 0
+
+
 def test_dry_run_rejects_a_missing_data_file(capsys):
     rc, err = dry_run(capsys, "data.task=dataset", "data.source=no/such/problems.jsonl")
     assert rc == 2 and "'data.source': data file not found: no/such/problems.jsonl" in err

@@ -238,6 +238,11 @@ def _check_combinations(recipe, problems: Problems) -> None:
                                                  f"'{rl.length_penalty_reward}', which is not one of the recipe's "
                                                  f"rewards ({', '.join(s.name for s in recipe.rewards)}): it would "
                                                  "schedule nothing")
+    if r.engine == "hf":  # its options are known; a vLLM engine argument left in a recipe switched to hf failed only
+        from longcot.rollout.hf import HFEngine  # when the engine was built (in Ray mode: a worker's creation task)
+
+        given = {k: v for k, v in r.engine_options.items() if k != "seed"}
+        problems.call("rollout.engine_options", check_options, HFEngine.__init__, given, "rollout engine 'hf'")
     if recipe.cluster.weight_transport == "nccl" and recipe.trainer.ranks > 1:
         problems.add("cluster.weight_transport", f"nccl broadcasts from the trainer actor's own copy of the policy, "
                                                  f"but with trainer.ranks={recipe.trainer.ranks} the policy lives in "

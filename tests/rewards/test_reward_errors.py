@@ -29,6 +29,31 @@ def test_a_failure_is_marked_on_the_sample_and_scored_zero():
     assert metrics["reward_errors/test_fails_on_bad"] == 1
 
 
+@reward("test_ratio")
+def ratio(sample) -> float:
+    """A user's formula with a 0/0 for some samples (NaN), and a per-group one returning an infinity."""
+    return float("nan") if sample.prompt_id.startswith("bad") else 1.0
+
+
+def inf_in_group(group) -> list[float]:
+    return [float("inf")] + [1.0] * (len(group) - 1)
+
+
+inf_in_group.per_group = True
+
+
+def test_a_nan_or_inf_reward_is_a_reward_error_not_a_value():
+    """NaN passed on would make the group's advantages, the loss and then every weight NaN, silently."""
+    ts = [traj(f"ok{i}") for i in range(19)] + [traj("bad0")]
+    metrics = compute_rewards(ts, [RewardSpec("test_ratio")])
+    assert ts[-1].reward_errors == {"test_ratio": "ValueError: returned nan, not a finite number"}
+    assert ts[-1].reward == 0.0 and metrics["reward_errors/test_ratio"] == 1
+    group = [traj(f"ok{i}") for i in range(3)]
+    compute_rewards(group, [RewardSpec(f"{__name__}:inf_in_group", max_error_rate=1.0)])
+    assert all(t.reward == 0.0 and "not a finite number" in t.reward_errors[f"{__name__}:inf_in_group"]
+               for t in group)
+
+
 def test_on_error_raise_stops_at_the_first_failure_with_its_sample_id():
     with pytest.raises(RewardError, match="failed on sample bad0: ValueError: cannot grade bad0"):
         compute_rewards([traj("ok"), traj("bad0")], [RewardSpec("test_fails_on_bad", on_error="raise")])

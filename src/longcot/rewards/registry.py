@@ -13,6 +13,7 @@ counted, logged with the sample id, and scored as ``on_error`` says; too many fa
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -86,8 +87,18 @@ class RewardSpec:
 
 def _as_components(name: str, value) -> dict[str, float]:
     if isinstance(value, dict):
-        return {f"{name}/{k}" if k != name else name: float(v) for k, v in value.items()}
-    return {name: float(value)}
+        return {f"{name}/{k}" if k != name else name: _finite(v) for k, v in value.items()}
+    return {name: _finite(value)}
+
+
+def _finite(value) -> float:
+    """A reward value as a float; NaN or infinity is an error of the reward (a 0/0 in a user's formula), counted and
+    scored by ``on_error`` like an exception: passed on, one NaN would turn the group's advantages, the loss and
+    then every weight into NaN without a word."""
+    out = float(value)
+    if not math.isfinite(out):
+        raise ValueError(f"returned {out}, not a finite number")
+    return out
 
 
 @contextmanager
@@ -144,7 +155,7 @@ def _per_group(trajs: list[Trajectory], spec: RewardSpec, fn: Callable, errors: 
         values = _call(fn, members, spec)
         if not isinstance(values, BaseException):
             try:
-                values = [float(v) for v in values]
+                values = [_finite(v) for v in values]
                 if len(values) != len(members):
                     values = ValueError(f"returned {len(values)} values for a group of {len(members)}")
             except Exception as e:  # noqa: BLE001

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,11 @@ from longcot.rl.strategy import make_strategy, resolve_device, resolve_precision
 from longcot.rl.timing import StepTimer
 
 log = logging.getLogger(__name__)
+NONFINITE_LIMIT = 3  # updates in a row with only non-finite gradients before the run stops
+
+
+class NonFiniteGradientError(RuntimeError):
+    """Every optimizer step of several updates in a row had a NaN or infinite gradient."""
 
 
 class Learner:
@@ -63,6 +69,7 @@ class Learner:
         self.temperature = recipe.rollout.temperature
         self.version = 0  # policy version: bumped by every update that changed the weights
         self.updates = 0  # optimizer steps taken (the learning-rate warm-up position)
+        self.nonfinite_streak = 0  # updates in a row whose every optimizer step was dropped (non-finite gradient)
         self._in_flight: str | None = None  # the op the ranks are running (close() must not talk over it)
         if group is None and self.cfg.strategy != "single":
             raise ValueError(f"trainer.strategy={self.cfg.strategy} needs its ranks: build the learner with "
@@ -230,11 +237,30 @@ class Learner:
             for k, v in part.items():
                 sums[k] = sums.get(k, 0.0) + v
         sums["grad_norm"] = results[0]["grad_norm"]  # the same global norm on every rank
+        sums["nonfinite_grad_skips"] = results[0]["nonfinite_grad_skips"]  # and so the same skips
+        self._check_finite(sums)
         sums["lr"] = self.rl.lr * self.lr_scale()
         sums.update(optimizer_metrics(self.optimizer))  # MuonClip: max attention logit of the last step
         sums.update(FirstPass.merged(observed))
         sums["zero_advantage_skipped_frac"] = 1.0 - len(trained) / len(live)
         return sums
+
+    def _check_finite(self, sums: dict[str, float]) -> None:
+        """Warn at an optimizer step dropped for a NaN/inf gradient; stop when no step of the last
+        :data:`NONFINITE_LIMIT` updates had a finite one (the weights are fine, the objective is not)."""
+        skipped = int(sums["nonfinite_grad_skips"])
+        if not skipped:
+            self.nonfinite_streak = 0
+            return
+        log.warning("policy version %d: %d of %d optimizer steps dropped: the gradient norm was %s (loss %s)",
+                    self.version, skipped, self.rl.updates_per_step, sums["grad_norm"], sums.get("loss"))
+        self.nonfinite_streak = self.nonfinite_streak + 1 if skipped == self.rl.updates_per_step else 0
+        if self.nonfinite_streak >= NONFINITE_LIMIT:
+            raise NonFiniteGradientError(
+                f"{NONFINITE_LIMIT} updates in a row had non-finite gradients (norm {sums['grad_norm']}, loss "
+                f"{sums.get('loss')}): the weights were not touched, but training cannot go on. Look for an "
+                "overflow: rl.lr, trainer.precision, a loss option; reward values are checked (a NaN reward is a "
+                "reward error). --resume continues from the last training state")
 
     @property
     def skips_zero_advantage(self) -> bool:
@@ -253,6 +279,7 @@ class Learner:
         if getattr(self.loss_fn, "reset_optimizer", False) or rl.reset_optimizer:
             self.optimizer.state.clear()  # k1.5: each iteration is a fresh mirror-descent problem
         sums: dict[str, float] = {}
+        skipped = 0
         for update in range(rl.updates_per_step):
             with timer.phase("forward_backward"):
                 for i, (c, filler) in enumerate(chunks):
@@ -265,13 +292,17 @@ class Learner:
                     sums["loss"] = sums.get("loss", 0.0) + loss / rl.updates_per_step
             with timer.phase("optimizer"):
                 grad_norm = self.strategy.clip_grad_norm(self.model, rl.grad_clip)
-                for g in self.optimizer.param_groups:
-                    g["lr"] = rl.lr * self.lr_scale()
-                self.optimizer.step()
+                if math.isfinite(grad_norm):  # every rank sees the same global norm, so all skip together
+                    for g in self.optimizer.param_groups:
+                        g["lr"] = rl.lr * self.lr_scale()
+                    self.optimizer.step()
+                    self.updates += 1
+                else:  # one NaN/inf gradient would make every weight (and Adam's moments) NaN: drop the step
+                    skipped += 1
                 self.optimizer.zero_grad(set_to_none=True)
-                self.updates += 1
         self.version += 1
         sums["grad_norm"] = grad_norm
+        sums["nonfinite_grad_skips"] = float(skipped)
         sums["_first_pass"] = seen.finish(self.moe)  # raw counts: rank 0 merges every rank's (FirstPass.merged)
         return sums
 

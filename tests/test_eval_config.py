@@ -65,3 +65,18 @@ def test_prompts_chat_and_raw():
     (p,) = build_prompts([row], tok, "chat", "{problem} Box it.")
     assert p.prompt_text == "<user>1+1? Box it.<assistant>"
     assert p.prompt_ids == tok(p.prompt_text, add_special_tokens=False)["input_ids"] and p.meta == {"answer": "2"}
+
+
+def test_a_protocol_longer_than_the_models_context_is_refused_before_the_engine(tmp_path):
+    """The AIME protocol's 32768 tokens on a 2048-position model: one line that says what fits, instead of vLLM's
+    validation traceback suggesting VLLM_ALLOW_LONG_MAX_MODEL_LEN."""
+    from longcot.errors import InputError
+    from longcot.eval.run import check_context
+    from longcot.policies.build import build_tiny_moe
+
+    model = build_tiny_moe(tmp_path / "m")  # max_position_embeddings 2048
+    cfg = load_eval_config(RECIPES / "aime24.yaml", [f"model={model}"])
+    with pytest.raises(InputError, match=r"\(74 tokens\) \+ max_tokens \(32768\) = 32842 tokens do not fit .* "
+                                         r"context of 2048 .*--max-tokens 1974 at most"):
+        check_context(cfg, 74)
+    check_context(load_eval_config(RECIPES / "aime24.yaml", [f"model={model}", "max_tokens=1974"]), 74)

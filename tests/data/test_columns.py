@@ -67,3 +67,21 @@ def test_published_test_formats_become_the_code_rewards_io_cases(tests):
 def test_unsupported_tests_fail_instead_of_scoring_zero(tests, says):
     with pytest.raises(ColumnError, match=says.replace("(", r"\(").replace(")", r"\)")):
         normalize_tests(tests)
+
+
+def test_a_broken_data_file_names_the_file_and_the_line(tmp_path):
+    """`datasets` only says "An error occurred while generating the dataset"; the error names the line now."""
+    from longcot.data.sources import DataFileError, load_rows
+    from longcot.errors import InputError
+
+    bad = tmp_path / "mine.jsonl"
+    bad.write_text('{"problem": "1+1", "answer": "2"}\n{"problem": "2+2", "answer": "4"\n'
+                   '{"problem": "3", "answer": "3"}\n')
+    with pytest.raises(DataFileError, match=r"mine.jsonl: cannot be read as jsonl: line 2 is not valid JSON "
+                                            r"\(Expecting ',' delimiter, column 33\)") as e:
+        load_rows(str(bad))
+    assert isinstance(e.value, InputError)  # every command prints it as one line
+    broken = tmp_path / "mine.parquet"
+    broken.write_bytes(b"PAR1 not really parquet")
+    with pytest.raises(DataFileError, match="mine.parquet: cannot be read as parquet: "):
+        load_rows(str(broken))

@@ -7,10 +7,12 @@ works as it is published, e.g. DAPO-Math-17k with ``{"prompt": "prompt", "answer
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
 
 from longcot.data.columns import ColumnError, check_mapping, map_row, preview
+from longcot.errors import InputError
 
 LOCAL_SUFFIXES = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 
@@ -26,14 +28,36 @@ def _dataset(source: str, split: str, streaming: bool = False):
     if path.suffix in LOCAL_SUFFIXES:
         if not path.is_file():
             raise FileNotFoundError(f"dataset file not found: {source}")
-        return datasets.load_dataset(LOCAL_SUFFIXES[path.suffix], data_files=str(path), split="train",
-                                     streaming=streaming)
+        try:
+            return datasets.load_dataset(LOCAL_SUFFIXES[path.suffix], data_files=str(path), split="train",
+                                         streaming=streaming)
+        except Exception as e:  # noqa: BLE001 - `datasets` says only "An error occurred while generating the dataset"
+            raise DataFileError(f"{source}: cannot be read as {path.suffix[1:]}: {_why(path, e)}") from e
     try:
         return datasets.load_dataset(source, split=split, streaming=streaming)
     except Exception as e:  # noqa: BLE001 - offline, a typo, a private set, a wrong split: one message with the fix
         raise FileNotFoundError(f"dataset '{source}' (split {split}) could not be loaded: {e}. A hub name needs the "
                                 "network or the Hugging Face cache; offline, point the source at a local .jsonl, "
                                 ".json or .parquet copy") from e
+
+
+class DataFileError(InputError):
+    """A local data file that cannot be read: invalid JSON on some line, a broken parquet file, mixed types."""
+
+
+def _why(path: Path, error: BaseException) -> str:
+    """The first line of a .jsonl file that is not JSON, with the parser's message; else the innermost cause."""
+    if path.suffix == ".jsonl":
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for n, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        json.loads(line.rstrip("\n"))
+                    except json.JSONDecodeError as bad:
+                        return f"line {n} is not valid JSON ({bad.msg}, column {bad.colno}): {line.strip()[:160]}"
+    while error.__cause__ is not None or error.__context__ is not None:
+        error = error.__cause__ or error.__context__
+    return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
 
 
 def first_raw_row(source: str, split: str = "train") -> dict:

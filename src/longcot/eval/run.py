@@ -11,6 +11,7 @@ import importlib.util
 import logging
 from pathlib import Path
 
+from longcot.errors import InputError
 from longcot.eval.config import EvalConfig
 from longcot.eval.dataset import build_prompts, effective_template, load_problems, load_problems_counted
 from longcot.eval.evaluate import evaluate
@@ -45,7 +46,10 @@ def make_engine(cfg: EvalConfig, tokenizer, prompts: list[Prompt]):
     kind = cfg.engine
     if kind == "auto":
         kind = "vllm" if importlib.util.find_spec("vllm") is not None else "hf"
-    max_len = cfg.max_model_len or max(len(p.prompt_ids) for p in prompts) + cfg.max_tokens
+    longest = max(len(p.prompt_ids) for p in prompts)
+    max_len = cfg.max_model_len or longest + cfg.max_tokens
+    if not cfg.max_model_len:
+        check_context(cfg, longest)
     if kind == "vllm":
         import torch
 
@@ -74,6 +78,22 @@ def make_engine(cfg: EvalConfig, tokenizer, prompts: list[Prompt]):
 
     log.info("eval: %s engine for %s, max_model_len=%d", kind, cfg.model, max_len)
     return build_engine(kind, cfg.model, tokenizer, **options), kind
+
+
+def check_context(cfg: EvalConfig, longest_prompt: int) -> None:
+    """Refuse, before an engine starts, a protocol that does not fit the model's context (the 32k-token AIME
+    protocol on a 2k model): vLLM would stop with a validation traceback that suggests overriding the limit."""
+    from transformers import AutoConfig
+
+    try:
+        context = getattr(AutoConfig.from_pretrained(cfg.model), "max_position_embeddings", None)
+    except (OSError, ValueError):  # no config to read here: the engine will say what is wrong
+        return
+    if context and longest_prompt + cfg.max_tokens > context:
+        raise InputError(f"the longest prompt ({longest_prompt} tokens) + max_tokens ({cfg.max_tokens}) = "
+                         f"{longest_prompt + cfg.max_tokens} tokens do not fit {cfg.model}'s context of {context} "
+                         "(max_position_embeddings in its config.json): lower max_tokens (--max-tokens "
+                         f"{max(1, context - longest_prompt)} at most)")
 
 
 def run_eval(cfg: EvalConfig) -> dict:

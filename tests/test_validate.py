@@ -127,6 +127,18 @@ def test_reward_modules_from_the_cwd_and_by_path(tmp_path, monkeypatch, capsys):
     assert rc == 2 and "unknown option 'limt' (did you mean 'limit'?)" in err
 
 
+def test_a_reward_module_that_fails_to_import_names_its_file_and_line(tmp_path, monkeypatch, capsys):
+    """A typo in the user's reward file: one line with their file and line, not a traceback through importlib."""
+    (tmp_path / "typo_rewards.py").write_text("from longcot.rewards import reward\n\ndef broken(:\n")
+    (tmp_path / "nameerr_rewards.py").write_text("x = 1\ny = undefined_name + 1\n")
+    monkeypatch.chdir(tmp_path)
+    rc, err = dry_run(capsys, "reward_modules=[typo_rewards.py]")
+    assert rc == 2 and f"importing typo_rewards.py failed: {tmp_path / 'typo_rewards.py'}:3: SyntaxError: " in err
+    assert "def broken(:" in err and "Traceback" not in err, err
+    rc, err = dry_run(capsys, "reward_modules=[nameerr_rewards]")  # by module name, from the cwd
+    assert rc == 2 and "nameerr_rewards.py:2: NameError: name 'undefined_name' is not defined" in err, err
+
+
 def test_version_and_python_m(capsys):
     import subprocess
     import sys

@@ -14,9 +14,10 @@ import importlib.util
 import inspect
 import os
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -69,7 +70,7 @@ def import_module_or_file(name: str):
         path = Path(name).expanduser()
         if not path.is_file():
             raise ImportError(f"no such file: {name} (cwd {os.getcwd()})")
-        return _load_file(path)
+        return _user_code(name, _load_file, path)
     try:
         return importlib.import_module(name)
     except ModuleNotFoundError as e:
@@ -77,8 +78,31 @@ def import_module_or_file(name: str):
         here = Path.cwd()
         if e.name != top or not ((here / f"{top}.py").is_file() or (here / top / "__init__.py").is_file()):
             raise ImportError(f"cannot import module '{name}': {e} (looked on sys.path and in {here})") from e
+    except Exception as e:  # noqa: BLE001 - the user's module raised while it was imported
+        raise _user_code_error(name, e) from e
     sys.path.append(str(here))
-    return importlib.import_module(name)
+    return _user_code(name, importlib.import_module, name)
+
+
+def _user_code(name: str, load: Callable, arg: Any):
+    try:
+        return load(arg)
+    except Exception as e:  # noqa: BLE001
+        raise _user_code_error(name, e) from e
+
+
+def _user_code_error(name: str, e: Exception) -> ImportError:
+    """One line for an error raised while a user's module was imported (a reward file with a typo): the file and
+    line in their code, and what went wrong, instead of a traceback through importlib."""
+    if isinstance(e, ImportError) and not isinstance(e, ModuleNotFoundError) and str(e).startswith("importing "):
+        return e  # already one of these (a module importing another user module)
+    if isinstance(e, SyntaxError):
+        text = (e.text or "").strip()
+        return ImportError(f"importing {name} failed: {e.filename}:{e.lineno}: SyntaxError: {e.msg}"
+                           + (f": {text}" if text else ""))
+    frames = [f for f in traceback.extract_tb(e.__traceback__) if not f.filename.startswith("<frozen")]
+    where = f"{frames[-1].filename}:{frames[-1].lineno}: " if frames else ""
+    return ImportError(f"importing {name} failed: {where}{type(e).__name__}: {e}")
 
 
 def import_object(spec: str):

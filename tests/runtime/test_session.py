@@ -31,3 +31,22 @@ def test_only_dead_and_old_session_directories_are_removed(tmp_path):
         holder.wait()
     assert not dead.exists() and fresh.exists() and live.exists() and other.exists()
     assert remove_stale_sessions(tmp_path) == [live]  # its process is gone now
+
+
+def test_a_cluster_address_nobody_answers_fails_at_once_with_what_to_do(tmp_path):
+    """cluster.address=host:port with nothing listening: Ray retried for minutes (over 3 measured) before failing
+    with a traceback; the run stops in seconds with one error that says how to start the cluster. In a fresh
+    process: a Ray instance this one holds would be used instead."""
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code = ("from longcot.config.schema import ClusterConfig; from longcot.runtime.session import RaySession; "
+            f"RaySession(ClusterConfig(backend='ray', address='127.0.0.1:{port}'))")
+    start = time.monotonic()
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "RAY_ADDRESS": ""})
+    assert time.monotonic() - start < 60
+    assert out.returncode != 0 and "ClusterNotFoundError: cluster.address=127.0.0.1" in out.stderr, out.stderr[-2000:]
+    assert "Connection refused" in out.stderr and "ray start --head" in out.stderr

@@ -31,9 +31,28 @@ from pathlib import Path
 from typing import Any
 
 from longcot.config.schema import ClusterConfig
+from longcot.errors import InputError
 
 log = logging.getLogger(__name__)
 READY_TIMEOUT_S = 900.0  # a vLLM worker starts in ~12 s on an idle CPU; minutes on a loaded one
+
+
+class ClusterNotFoundError(InputError):
+    """``cluster.address`` names a Ray cluster that is not running (or not reachable from here)."""
+
+
+def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Raise ``ConnectionError`` at once when ``host:port`` (or ``ray://host:port``) takes no TCP connection: Ray
+    itself retries an unreachable head for minutes (measured: over 3 min for a wrong port) before it gives up."""
+    import socket
+
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return  # "auto", or a form Ray resolves itself
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise ConnectionError(f"nothing accepts connections at {host}:{port}: {e}") from e
 
 
 def keep_out_of_home() -> None:
@@ -103,7 +122,15 @@ class RaySession:
         elif cfg.address is None:
             self._start_local(need)
         else:
-            ray.init(address=cfg.address, include_dashboard=False, log_to_driver=True)
+            try:
+                _check_reachable(cfg.address)
+                ray.init(address=cfg.address, include_dashboard=False, log_to_driver=True)
+            except ConnectionError as e:
+                raise ClusterNotFoundError(
+                    f"cluster.address={cfg.address}: no Ray cluster answered ({str(e).splitlines()[0]}). Start one "
+                    "first (`ray start --head` on this node, `ray start --address=HEAD:6379` on the others; "
+                    "docs/cluster.md), or leave cluster.address empty to start a local instance for this run. "
+                    "Finished stages are kept: `longcot train ... --resume` continues once it is up") from e
             self.connected = True
             log.info("joined the Ray cluster at %s", cfg.address)
         if callable(sigterm):  # ray.init replaced the process's own SIGTERM handler: the process's wins

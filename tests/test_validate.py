@@ -163,3 +163,12 @@ def test_dry_run_prints_the_resolved_recipe(capsys):
 def test_dry_run_rejects_optimizer_names_and_options(capsys, override, key, says):
     rc, err = dry_run(capsys, *(["rl.optimizer=muon"] if "options" in override else []), override)
     assert rc == 2 and f"'{key}'" in err and says in err
+
+
+def test_dry_run_renders_chat_prompts_of_the_tiny_model_built_with_a_chat_template(capsys):
+    """The dry run built the tiny tokenizer without the template that model.build_overrides.chat_template gives the
+    run's: it refused a recipe that runs. Without the template it says what to do."""
+    assert main(["train", RECIPE, "data.template=chat", "model.build_overrides.chat_template=true", "--dry-run"]) == 0
+    assert "prompt as the model sees it: '<|im_start|>user\\n" in capsys.readouterr().out
+    rc, err = dry_run(capsys, "data.template=chat")
+    assert rc == 2 and "model.build_overrides.chat_template=true" in err, err

@@ -35,7 +35,7 @@ def load_tokenizer_offline(recipe):
     if not recipe.model.path:
         from longcot.policies.build import build_tokenizer
 
-        return build_tokenizer()
+        return build_tokenizer(bool(recipe.model.build_overrides.get("chat_template", False)))  # as the run builds it
     try:
         from transformers import AutoTokenizer
 
@@ -79,7 +79,9 @@ def preview_row(role: str, source: str, raw: dict, mapping: dict, key: str, need
     if tokenizer is not None and (not fmt.is_chat or getattr(tokenizer, "chat_template", None)):
         p.prompt_text = render_prompt(fmt, row, tokenizer)
     elif fmt.is_chat and tokenizer is not None:
-        raise ValueError(f"data.template=chat but the tokenizer of '{source}' has no chat template")
+        raise ValueError("data.template=chat but the model's tokenizer has no chat template: give a template string "
+                         "(data.template: \"Q: {problem}\\n\"), a model whose tokenizer has one, or, for the tiny "
+                         "model built by the run, model.build_overrides.chat_template=true")
     if role != "sft":
         p.gold_check = _gold_check(row, grader)
     return p

@@ -20,6 +20,14 @@ from longcot.rollout.base import Prompt, SamplingConfig
 from longcot.rollout.hf import HFEngine
 from longcot.rollout.weight_sync import checkpoint_named_params, clean_name
 
+
+def user_env() -> dict[str, str]:
+    """The environment of a user's shell for a subprocess: importing TRL (the SFT tests do) sets
+    VLLM_LOGGING_LEVEL=ERROR in this process if it is unset (trl/_compat.py), and a child inheriting that prints
+    none of vLLM's warnings, which made the noise test below vacuous after the SFT tests and then fail."""
+    return {k: v for k, v in os.environ.items() if k != "VLLM_LOGGING_LEVEL"}
+
+
 # Fixed sequences (prompt, response) of different lengths; ids 4..99 are characters of the tiny tokenizer.
 PAIRS = [([1, 40, 41, 42], list(range(10, 40))), ([1] + list(range(60, 90)), [5, 6, 7, 8, 9]), ([1, 7], [8, 9])]
 
@@ -103,7 +111,8 @@ def test_vllm_engine_starts_and_syncs_without_noise_and_gives_threads_back(model
             "e = VLLMEngine(sys.argv[1], max_model_len=256, seed=0); "
             "e.sync_weights(load_policy(sys.argv[1]).named_parameters(), 1); e.sync_weights([], 2); "
             "print('threads restored:', torch.set_num_threads.__name__ != 'skip_set_num_threads')")
-    out = subprocess.run([sys.executable, "-c", code, str(model_dir)], capture_output=True, text=True, timeout=300)
+    out = subprocess.run([sys.executable, "-c", code, str(model_dir)], capture_output=True, text=True, timeout=300,
+                         env=user_env())
     text = out.stdout + out.stderr
     assert out.returncode == 0, text[-2000:]
     assert "Loading safetensors" in text  # vLLM's start-up output is in it: the next checks are not vacuous

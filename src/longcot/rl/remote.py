@@ -85,8 +85,8 @@ class RemoteLearner:
     def reference_logprobs(self, trajs: list[Trajectory]) -> list[list[float]]:
         return self._call("reference_logprobs", trajs)
 
-    def policy_logprobs(self, trajs: list[Trajectory]) -> list[list[float]]:
-        return self._call("policy_logprobs", trajs)
+    def policy_logprobs(self, trajs: list[Trajectory], free_routing: bool = False) -> list[list[float]]:
+        return self._call("policy_logprobs", (trajs, free_routing))
 
     def named_parameters(self) -> Iterator[tuple[str, torch.Tensor]]:
         """``(HF name, full tensor)`` pulled one at a time from rank 0 (which gathers each from the shards)."""
@@ -246,7 +246,7 @@ def _update(learner: Learner, trajs: list[Trajectory]) -> tuple[dict, dict]:
 _HANDLERS = {
     "update": _update,
     "reference_logprobs": Learner.reference_logprobs,
-    "policy_logprobs": Learner.policy_logprobs,
+    "policy_logprobs": lambda learner, payload: learner.policy_logprobs(*payload),  # (trajs, free_routing)
     "save_pretrained": Learner.save_pretrained,
     "state_dict": lambda learner, _: learner.state_dict(),
     "load_state_dict": Learner.load_state_dict,

@@ -103,8 +103,8 @@ class LearnerRank:
                  for i, (p, r) in enumerate(zip(prompt_ids, response_ids, strict=True))]
         return self.learner.policy_logprobs(trajs, free_routing=True)  # as the workers' compute_logprobs routes
 
-    def policy_logprobs(self, trajs: list) -> list[list[float]]:
-        return self.learner.policy_logprobs(trajs)
+    def policy_logprobs(self, trajs: list, free_routing: bool = False) -> list[list[float]]:
+        return self.learner.policy_logprobs(trajs, free_routing)
 
     def reference_logprobs(self, trajs: list) -> list[list[float]]:
         return self.learner.reference_logprobs(trajs)
@@ -177,8 +177,8 @@ class TrainerGroup:
         return self.published
 
     # ---- the Learner's interface, for the driver's callers (sync canary, KL in the reward, resume) ---------------
-    def policy_logprobs(self, trajs: list) -> list[list[float]]:
-        return self.call("policy_logprobs", trajs)
+    def policy_logprobs(self, trajs: list, free_routing: bool = False) -> list[list[float]]:
+        return self.call("policy_logprobs", trajs, free_routing)
 
     def reference_logprobs(self, trajs: list) -> list[list[float]]:
         return self.call("reference_logprobs", trajs)

@@ -67,7 +67,9 @@ class Learner:
         self.pad_id = int(getattr(tokenizer, "pad_token_id", None) or 0)
         self.loss_fn = LOSSES.get(self.rl.loss.name)
         self.temperature = recipe.rollout.temperature
-        self.version = 0  # policy version: bumped by every update that changed the weights
+        # policy version: bumped by every update (also one whose optimizer steps were all dropped for a non-finite
+        # gradient: the engines then load the same weights again)
+        self.version = 0
         self.updates = 0  # optimizer steps taken (the learning-rate warm-up position)
         self.nonfinite_streak = 0  # updates in a row whose every optimizer step was dropped (non-finite gradient)
         self._in_flight: str | None = None  # the op the ranks are running (close() must not talk over it)

@@ -117,18 +117,14 @@ class RayRuntime:
             raise
 
     def _frozen_checkpoint(self) -> tuple[list[str], tuple[str, str] | None]:
-        """The frozen sub-agent roles and the one (engine kind, checkpoint) serving them (Recipe checks there is
-        at most one), or ``([], None)``."""
+        """The frozen sub-agent roles and the one (engine kind, checkpoint) serving them, or ``([], None)``. One:
+        Recipe refuses frozen roles on several (engine, path, recipe) in Ray mode, so they all resolve alike."""
         if not self.recipe.agents.enabled:
             return [], None
         from longcot.agents.roles import frozen_checkpoints
 
         roles = frozen_checkpoints(self.recipe.agents, self.policy_path, self.recipe.out_dir)
-        served = sorted(set(roles.values()))
-        if len(served) > 1:
-            raise ValueError(f"agents.subagents: frozen roles on {len(served)} checkpoints ({served}); in Ray mode "
-                             "a rollout worker serves one frozen checkpoint beside the policy")
-        return sorted(roles), (served[0] if served else None)
+        return sorted(roles), next(iter(roles.values()), None)
 
     def _start_workers(self, version: int, frozen: tuple[list[str], tuple[str, str] | None]
                        ) -> tuple[list[WorkerEngine], list[WorkerEngine]]:

@@ -65,22 +65,27 @@ def prepare_model(recipe: Recipe, run: RunDir) -> str:
 
 
 def run_sft_stage(recipe: Recipe, model, tokenizer, task: Task, run: RunDir, rows: list[dict] | None = None) -> str:
-    """SFT on ``rows`` (default: :func:`~longcot.data.sft_data.sft_rows`, checked before any model loads)."""
+    """SFT on ``rows`` (default: :func:`~longcot.data.sft_data.sft_rows`, checked before any model loads),
+    continuing from the stage's last checkpoint when a resumed run stopped mid-SFT (only a resumed run has one:
+    :func:`~longcot.run.resume.open_run` refuses to start a new run over it)."""
     from longcot.data.sft_data import sft_pairs, sft_rows
-    from longcot.rl.sft import run_sft
+    from longcot.rl.sft import last_checkpoint, remove_checkpoints, run_sft
 
     pairs = sft_pairs(sft_rows(recipe, task) if rows is None else rows, task, tokenizer, recipe.agents)
     from longcot.rl.strategy import resolve_device, resolve_precision
 
     out = run.checkpoint("sft")
     device = resolve_device(recipe.trainer.device, 0)  # SFT trains on rank 0's device, in the RL precision
-    metrics = run_sft(model, tokenizer, pairs, out, lr=recipe.sft.lr, epochs=recipe.sft.epochs,
-                      batch_size=recipe.sft.batch_size, warmup_ratio=recipe.sft.warmup_ratio,
-                      weight_decay=recipe.sft.weight_decay, seed=recipe.seed, max_length=recipe.sft.max_length,
-                      gradient_checkpointing=recipe.sft.gradient_checkpointing, device=device.type,
-                      precision=resolve_precision(recipe.trainer.precision, device),
-                      optimizer=recipe.sft.optimizer, optimizer_options=recipe.sft.optimizer_options)
+    with StopOnSignal() as stop:
+        metrics = run_sft(model, tokenizer, pairs, out, lr=recipe.sft.lr, epochs=recipe.sft.epochs,
+                          batch_size=recipe.sft.batch_size, warmup_ratio=recipe.sft.warmup_ratio,
+                          weight_decay=recipe.sft.weight_decay, seed=recipe.seed, max_length=recipe.sft.max_length,
+                          gradient_checkpointing=recipe.sft.gradient_checkpointing, device=device.type,
+                          precision=resolve_precision(recipe.trainer.precision, device),
+                          optimizer=recipe.sft.optimizer, optimizer_options=recipe.sft.optimizer_options,
+                          checkpoint_every=recipe.sft.checkpoint_every, resume_from=last_checkpoint(out), stop=stop)
     run.update_summary(sft={"examples": len(pairs), **metrics})
+    remove_checkpoints(out)  # after the summary records the stage: a kill in between resumes from the checkpoint
     return str(out)
 
 

@@ -100,6 +100,24 @@ def test_killed_mid_generation_optimizer_and_state_write_resumes_bit_exact(out, 
     assert_same_run(run, reference)
 
 
+def test_stopped_mid_sft_resumes_the_stage_not_restarts_it(out, reference):
+    """SIGTERM as SFT's first optimizer step runs (2 steps in all): the step finishes, a TRL checkpoint is written,
+    exit 143 with the --resume command. A plain rerun is refused (the checkpoint is work worth keeping); --resume
+    continues SFT at step 2 and the run ends exactly as the uninterrupted one; the SFT checkpoints are deleted."""
+    run = out / "sftstop"
+    first = train(out, "sftstop", fault=("trl:SFTTrainer.training_step", 1, "TERM", "before"))
+    assert first.returncode == 143, first.stderr[-3000:]
+    assert "checkpoints/sft/trl/checkpoint-1" in first.stderr and "--resume" in first.stderr.splitlines()[-1]
+    assert not (run / "checkpoints/sft/config.json").exists() and not (run / "states").exists()
+    again = train(out, "sftstop")
+    assert again.returncode == 2 and "pass --resume to continue it" in again.stderr
+    done = train(out, "sftstop", "--resume")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "SFT: continuing from" in done.stderr and "checkpoint-1" in done.stderr
+    assert not (run / "checkpoints/sft/trl").exists()
+    assert_same_run(run, reference)
+
+
 def test_corrupt_latest_state_falls_back_to_the_one_before(out, reference):
     run = out / "corrupt"
     shutil.copytree(reference, run)

@@ -108,6 +108,9 @@ class SFTConfig:
     max_length: int = 1024  # tokens per SFT example (prompt + completion); longer ones are truncated by TRL
     optimizer: str = "adamw"  # adamw | muon | muonclip (longcot/policies/optimizers.py; docs/moe.md)
     optimizer_options: dict[str, Any] = field(default_factory=dict)  # e.g. {momentum: 0.95, qk_clip_tau: 100}
+    # A TRL checkpoint (weights, optimizer, schedule, RNG, data position) every N optimizer steps, and on
+    # SIGTERM/Ctrl-C: `longcot train ... --resume` continues SFT mid-stage from it. 0: only on a signal.
+    checkpoint_every: int = 200
 
 
 @dataclass
@@ -439,9 +442,9 @@ class Recipe:
     def __post_init__(self) -> None:
         if self.rollout.n < 1 or self.rl.prompts_per_step < 1:
             raise ValueError("rollout.n and rl.prompts_per_step must be >= 1")
-        if self.rl.checkpoint_every < 0 or self.rl.keep_checkpoints < 0:
-            raise ValueError("rl.checkpoint_every and rl.keep_checkpoints must be >= 0, got "
-                             f"{self.rl.checkpoint_every}, {self.rl.keep_checkpoints}")
+        if self.rl.checkpoint_every < 0 or self.rl.keep_checkpoints < 0 or self.sft.checkpoint_every < 0:
+            raise ValueError("rl.checkpoint_every, rl.keep_checkpoints and sft.checkpoint_every must be >= 0, got "
+                             f"{self.rl.checkpoint_every}, {self.rl.keep_checkpoints}, {self.sft.checkpoint_every}")
         if self.rollout.sync_check_every < 0 or self.rollout.sync_check_max_gap <= 0:
             raise ValueError("rollout.sync_check_every must be >= 0 and rollout.sync_check_max_gap > 0, got "
                              f"{self.rollout.sync_check_every}, {self.rollout.sync_check_max_gap}")

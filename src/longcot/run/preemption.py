@@ -1,4 +1,4 @@
-"""SIGTERM / Ctrl-C during RL: finish the current step, save a training state, exit non-zero.
+"""SIGTERM / Ctrl-C during SFT or RL: finish the current step, save a training state, exit non-zero.
 
 A cluster preempting a job sends SIGTERM and waits a grace period; a user presses Ctrl-C. Either way the
 first signal lets the step in progress finish (so no half-applied update is ever saved), after which the loop
@@ -47,7 +47,7 @@ class StopOnSignal:
                 raise KeyboardInterrupt
             raise SystemExit(128 + signum)
         self.signum = signum
-        log.warning("received %s: finishing this RL step, then saving a training state (send it again to exit now)",
+        log.warning("received %s: finishing this step, then saving a training state (send it again to exit now)",
                     signal.Signals(signum).name)
 
     def __enter__(self) -> StopOnSignal:

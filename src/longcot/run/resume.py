@@ -25,7 +25,8 @@ from longcot.run.state import TrainingState, load_latest
 # processes and machines (a state saved by one strategy loads into another: the optimizer state is the full one,
 # keyed by parameter name; docs/training.md), and the number of rollout workers (buffered partial rollouts are dealt
 # to the new ones). Not trainer.device or trainer.precision (other numbers). A key names itself and its subkeys.
-SAFE_ON_RESUME = ("rl.steps", "threads", "rl.checkpoint_every", "rl.keep_checkpoints", "eval.every", "name",
+SAFE_ON_RESUME = ("rl.steps", "threads", "rl.checkpoint_every", "rl.keep_checkpoints", "sft.checkpoint_every",
+                  "eval.every", "name",
                   "out_dir", "trainer.strategy", "trainer.ranks", "trainer.timeout_minutes", "cluster.address",
                   "cluster.rollout_workers", "cluster.worker_cpus", "cluster.worker_gpus", "cluster.worker_resources",
                   "cluster.trainer_cpus", "cluster.trainer_gpus", "cluster.trainer_resources",
@@ -56,8 +57,9 @@ def unsafe_changes(saved: dict, recipe: Recipe) -> list[tuple[str, Any, Any]]:
 
 
 def has_finished_stage(root: Path) -> bool:
-    """Whether ``root`` holds work worth keeping: a training state or a summary of a finished stage."""
-    if any((root / "states").glob("step-*")):
+    """Whether ``root`` holds work worth keeping: a training state, an SFT checkpoint, or a summary of a finished
+    stage."""
+    if any((root / "states").glob("step-*")) or any((root / "checkpoints/sft/trl").glob("checkpoint-*")):
         return True
     summary = root / "summary.json"
     if summary.is_file():

@@ -38,7 +38,7 @@ def train_main(argv: list[str]) -> int:
     ns = ap.parse_intermixed_args(argv)  # --dry-run may come before or after the overrides
     from longcot.config import ConfigError, load_recipe, to_dict
     from longcot.config.validate import validate_recipe
-    from longcot.errors import InputError
+    from longcot.errors import InputError, RunStoppedError, message
     from longcot.rewards.errors import RewardError, RewardSetupError
 
     try:
@@ -66,10 +66,10 @@ def train_main(argv: list[str]) -> int:
     try:
         summary = train(recipe, resume=ns.resume, overwrite=ns.overwrite)
     except (ConfigError, StateError, ColumnError, SFTDataError, TrackerError) as e:  # before work: a bad mapping,
-        print(f"longcot train: {e}", file=sys.stderr)  # no SFT target, a missing tracker, an existing run
+        print(f"longcot train: {message(e)}", file=sys.stderr)  # no SFT target, a missing tracker, an existing run
         return 2
-    except (InputError, RewardError, RewardSetupError) as e:  # bad data rows, a broken reward: no traceback
-        print(f"longcot train: {e}", file=sys.stderr)
+    except (InputError, RewardError, RewardSetupError, RunStoppedError) as e:  # bad data rows, a broken reward,
+        print(f"longcot train: {message(e)}", file=sys.stderr)  # diverging updates, a dead trainer: no traceback
         return 1
     except Preempted as e:
         modules = [f"--reward-module {m}" for m in ns.reward_module]

@@ -63,3 +63,18 @@ def test_ctrl_c_during_rl_saves_a_state_stops_every_ray_process_and_resumes(tmp_
     out = proc.communicate(timeout=300)[0]
     assert proc.returncode == 0, out[-3000:]
     assert [r["step"] for r in rows(run)] == list(range(done + 1))
+
+
+@pytest.mark.parametrize("backend", ["local", "ray"])
+def test_diverging_updates_stop_the_run_with_one_line(tmp_path, backend):
+    """rl.lr=1e30: after the first update every gradient is NaN; the third dropped update in a row stops the run.
+    In Ray mode the error is raised in the trainer actor and reaches the driver wrapped by Ray (whose text is the
+    remote traceback): either way the user reads the message, exit 1, no traceback."""
+    extra = ["rl.steps=8", "rl.lr=1e30", "rl.entropy_coef=0", "rewards=[{name: math}, {name: k15_length, weight: 1.0}]",
+             f"cluster.backend={backend}"]
+    proc = start_train(tmp_path, backend, extra)
+    out = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 1, out[-3000:]
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("longcot train: 3 updates in a row had non-finite gradients"), out[-3000:]
+    assert "Traceback" not in out and "RayTaskError" not in out

@@ -27,6 +27,7 @@ import torch
 from torch.utils._pytree import tree_map_only
 
 from longcot.config import Recipe
+from longcot.errors import RunStoppedError
 from longcot.policies.moe import MoERouting
 from longcot.policies.optimizers import build_optimizer, optimizer_metrics
 from longcot.record import Trajectory, carries_signal
@@ -50,7 +51,7 @@ log = logging.getLogger(__name__)
 NONFINITE_LIMIT = 3  # updates in a row with only non-finite gradients before the run stops
 
 
-class NonFiniteGradientError(RuntimeError):
+class NonFiniteGradientError(RunStoppedError):
     """Every optimizer step of several updates in a row had a NaN or infinite gradient."""
 
 
@@ -262,7 +263,9 @@ class Learner:
                 f"{NONFINITE_LIMIT} updates in a row had non-finite gradients (norm {sums['grad_norm']}, loss "
                 f"{sums.get('loss')}): the weights were not touched, but training cannot go on. Look for an "
                 "overflow: rl.lr, trainer.precision, a loss option; reward values are checked (a NaN reward is a "
-                "reward error). --resume continues from the last training state")
+                "reward error). --resume retries from the last training state with the same settings; to change "
+                "them, start a new run from its weights: model.path=runs/<name>/states/step-N/policy "
+                "sft.enabled=false")
 
     @property
     def skips_zero_advantage(self) -> bool:

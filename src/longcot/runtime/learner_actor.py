@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from longcot.errors import RunStoppedError
 from longcot.rl.timing import StepTimer
 from longcot.rollout.weight_sync import clean_name
 from longcot.runtime.weights import ObjectStoreTransport, PublishedWeights, make_transport
@@ -128,7 +129,7 @@ class LearnerRank:
         return self.learner.version
 
 
-class TrainerDiedError(RuntimeError):
+class TrainerDiedError(RunStoppedError):
     """The trainer actor is gone: the run cannot continue (its last training state can be resumed)."""
 
 

@@ -40,6 +40,7 @@ def dry_run(capsys, *overrides: str) -> tuple[int, str]:
     ("data.source=my.jsonl", "data.source", "data.task is 'arith', a synthetic task that"),
     ("data.columns={problem: question}", "data.columns", "set data.task=dataset to train on it"),
     ("eval.source=aime.jsonl", "eval.source", "would ignore it"),
+    ("cluster.rollout_workers=4", "cluster.rollout_workers", "only applies to Ray runs, and cluster.backend is"),
 ])
 def test_dry_run_rejects_naming_the_key(capsys, override, key, says):
     rc, err = dry_run(capsys, override)
@@ -51,8 +52,21 @@ def test_dry_run_rejects_naming_the_key(capsys, override, key, says):
 def test_dry_run_rejects_nccl_weights_from_several_trainer_ranks(capsys):
     rc, err = dry_run(capsys, "cluster.weight_transport=nccl", "trainer.strategy=fsdp", "trainer.ranks=2")
     assert rc == 2 and "'cluster.weight_transport': nccl broadcasts" in err and "object_store" in err, err
-    rc, err = dry_run(capsys, "cluster.weight_transport=nccl")
+    rc, err = dry_run(capsys, "cluster.weight_transport=nccl", "cluster.backend=ray")
     assert "cluster.weight_transport" not in err, err
+
+
+def test_ray_keys_on_the_command_line_of_a_local_run_are_refused_unless_local_is_explicit(capsys):
+    """The tiny recipe is local; `cluster.rollout_workers=4 rl.max_off_policy_steps=1` given on the command line ran
+    one local process without a word. The recipe file may keep cluster keys (one recipe, both runtimes), and an
+    explicit cluster.backend=local says the user knows."""
+    ray_keys = ["cluster.rollout_workers=4", "rl.max_off_policy_steps=1", "rl.rollout_correction.rollout_is=token"]
+    rc, err = dry_run(capsys, *ray_keys)
+    assert rc == 2 and "'cluster.rollout_workers': only applies to Ray runs" in err, err
+    assert "'rl.max_off_policy_steps': only applies to Ray runs" in err and "add cluster.backend=ray" in err
+    rc, err = dry_run(capsys, *ray_keys, "cluster.backend=local")
+    assert rc == 0 and "only applies to Ray runs" not in err, err
+    assert "only applies" not in dry_run(capsys, *ray_keys, "cluster.backend=ray")[1]
 
 
 def test_dry_run_rejects_vllm_options_on_the_hf_engine(capsys):

@@ -243,11 +243,27 @@ def _check_combinations(recipe, problems: Problems) -> None:
 
         given = {k: v for k, v in r.engine_options.items() if k != "seed"}
         problems.call("rollout.engine_options", check_options, HFEngine.__init__, given, "rollout engine 'hf'")
+    _check_ray_overrides_need_ray(recipe, problems)
     if recipe.cluster.weight_transport == "nccl" and recipe.trainer.ranks > 1:
         problems.add("cluster.weight_transport", f"nccl broadcasts from the trainer actor's own copy of the policy, "
                                                  f"but with trainer.ranks={recipe.trainer.ranks} the policy lives in "
                                                  "the rank processes (not built yet, docs/cluster.md): use "
                                                  "cluster.weight_transport=object_store")
+
+
+def _check_ray_overrides_need_ray(recipe, problems: Problems) -> None:
+    """``cluster.*`` and ``rl.max_off_policy_steps`` configure Ray runs; a local run ignores them, so a recipe may keep
+    them for both runtimes. Given on the command line without ``cluster.backend=ray``, though, they are a request
+    that would silently not happen (``longcot train R cluster.rollout_workers=4`` ran one local process). An explicit
+    ``cluster.backend=local`` beside them is a choice (a script comparing both runtimes with one set of keys)."""
+    source = problems.source
+    if recipe.cluster.backend != "local" or source is None or source.of("cluster.backend").startswith("override "):
+        return
+    for key, where in source.where.items():
+        ray_only = key.startswith("cluster.") and key != "cluster.backend" or key == "rl.max_off_policy_steps"
+        if ray_only and where.startswith("override "):
+            problems.add(key, "only applies to Ray runs, and cluster.backend is 'local' (one process, rollouts and "
+                              "training take turns): add cluster.backend=ray (docs/cluster.md), or drop it")
 
 
 def _check_rl(recipe, problems: Problems) -> None:

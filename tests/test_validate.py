@@ -186,3 +186,11 @@ def test_dry_run_renders_chat_prompts_of_the_tiny_model_built_with_a_chat_templa
     assert "prompt as the model sees it: '<|im_start|>user\\n" in capsys.readouterr().out
     rc, err = dry_run(capsys, "data.template=chat")
     assert rc == 2 and "model.build_overrides.chat_template=true" in err, err
+
+
+def test_a_reward_module_flag_is_named_as_the_origin_of_its_error(capsys):
+    """An unimportable --reward-module was reported as coming from '<defaults>' (the source map knew only files and
+    key=value overrides)."""
+    rc, err = dry_run(capsys, "--reward-module", "no_such_rewards_module")
+    assert rc == 2
+    assert "--reward-module no_such_rewards_module: 'reward_modules[0]': cannot import module" in err, err

@@ -37,13 +37,14 @@ def train_main(argv: list[str]) -> int:
     ap.add_argument("--overwrite", action="store_true", help="delete an existing runs/<name>/ and start afresh")
     ns = ap.parse_intermixed_args(argv)  # --dry-run may come before or after the overrides
     from longcot.config import ConfigError, load_recipe, to_dict
+    from longcot.config.loader import add_reward_modules
     from longcot.config.validate import validate_recipe
     from longcot.errors import InputError, RunStoppedError, message
     from longcot.rewards.errors import RewardError, RewardSetupError
 
     try:
         recipe = load_recipe(ns.recipe, ns.overrides)
-        recipe.reward_modules = [*recipe.reward_modules, *ns.reward_module]
+        add_reward_modules(recipe, ns.reward_module)
         if ns.dry_run:  # a run validates in pipeline.train, before any work (one sandbox probe, not two)
             validate_recipe(recipe)
     except InputError as e:

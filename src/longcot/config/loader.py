@@ -231,3 +231,13 @@ def load(cls: type[T], path: str | Path | None, overrides: list[str] | tuple = (
     obj = build(cls, data, source)
     obj._source = source
     return obj
+
+
+def add_reward_modules(cfg: Any, modules: list[str]) -> None:
+    """``--reward-module M`` flags: appended to ``cfg.reward_modules`` (a recipe or an eval config), and named as
+    their origin in errors (``--reward-module M: 'reward_modules[1]': cannot import ...``, not ``<defaults>``)."""
+    source = getattr(cfg, "_source", None)
+    for module in modules:
+        if source is not None:
+            source.where[f"reward_modules[{len(cfg.reward_modules)}]"] = f"--reward-module {module}"
+        cfg.reward_modules = [*cfg.reward_modules, module]

@@ -58,6 +58,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def config_from_args(ns: argparse.Namespace) -> EvalConfig:
     from longcot.config import ConfigError
+    from longcot.config.loader import add_reward_modules
 
     recipe = None
     overrides = []
@@ -75,7 +76,7 @@ def config_from_args(ns: argparse.Namespace) -> EvalConfig:
     if ns.k is not None:
         overrides.append(f"k=[{ns.k}]")
     cfg = load_eval_config(recipe, overrides)
-    cfg.reward_modules = [*cfg.reward_modules, *ns.reward_module]
+    add_reward_modules(cfg, ns.reward_module)
     return cfg
 
 

@@ -101,10 +101,11 @@ def test_vllm_sync_matches_hf_and_guards_moe_repack_bug(vllm_engine, model_dir):
 
 def test_vllm_engine_starts_and_syncs_without_noise_and_gives_threads_back(model_dir):
     """vLLM's CPU worker replaces torch.set_num_threads with a warning that its own start-up then prints five
-    times, and every weight sync warned "RotaryEmbedding: Failed to load weights" (the rotary table is computed,
-    not loaded); the engine filters both out of what the user sees and puts the real set_num_threads back for the
-    trainer. A layer that really fails to load (the empty sync) still warns. In a fresh process: one in-process
-    engine per process, and the output is the user's view."""
+    times, every weight sync warned "RotaryEmbedding: Failed to load weights" (the rotary table is computed,
+    not loaded), and start-up printed nine warnings about settings longcot makes on purpose; the engine filters
+    them out of what the user sees and puts the real set_num_threads back for the trainer. A layer that really
+    fails to load (the empty sync) still warns. In a fresh process: one in-process engine per process, and the
+    output is the user's view."""
     pytest.importorskip("vllm")
     code = ("import sys, torch; from longcot.rollout.vllm import VLLMEngine; "
             "from longcot.policies.load import load_policy; "
@@ -118,8 +119,24 @@ def test_vllm_engine_starts_and_syncs_without_noise_and_gives_threads_back(model
     assert "Loading safetensors" in text  # vLLM's start-up output is in it: the next checks are not vacuous
     assert "thread binding" not in text
     assert "RotaryEmbedding" not in text
+    for startup in ("Enforce eager set", "Inductor compilation was disabled", "global random seed",
+                    "disabling chunked prefill", "triton-cpu is expected", "Model Runner V2", "Reset SSM cache",
+                    "doesn't include CPU backend", "torch.distributed.reduce_op"):
+        assert startup not in text, startup  # settings longcot makes on purpose, what a CPU vLLM lacks
     assert "RMSNorm: Failed to load weights" in text  # the empty sync: a layer that really loads nothing still warns
     assert "threads restored: True" in out.stdout
+
+
+def test_the_cli_sets_vllm_warnings_on_before_trl_can_turn_them_off():
+    """Importing TRL sets VLLM_LOGGING_LEVEL=ERROR when it is unset, so vLLM's warnings were hidden only in runs
+    that ran SFT or DPO before the engine started. The command line decides first; the user's environment wins."""
+    code = ("import os; from longcot.cli import main; main(['rewards', 'list']); import trl; "
+            "print('level', os.environ['VLLM_LOGGING_LEVEL'])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=user_env())
+    assert out.returncode == 0 and out.stdout.splitlines()[-1] == "level WARNING", out.stderr[-2000:]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={**user_env(), "VLLM_LOGGING_LEVEL": "INFO"})
+    assert out.stdout.splitlines()[-1] == "level INFO"
 
 
 TP_SCRIPT = """

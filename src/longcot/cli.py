@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 USAGE = """longcot <command> [args]        (longcot --version; python -m longcot works too)
@@ -130,6 +131,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
+    # vLLM's log level is chosen here, the same for every run: importing TRL (SFT, DPO) would set ERROR for the whole
+    # process when unset (trl/_compat.py), hiding vLLM's warnings only in runs that ran SFT before the engine
+    # started. The start-up lines that report nothing wrong are filtered instead (longcot.rollout.vllm._VLLM_NOISE).
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     return _dispatch(argv[0], argv[1:])
 
 

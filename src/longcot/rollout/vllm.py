@@ -13,6 +13,7 @@ import gc
 import logging
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -41,17 +42,21 @@ _VLLM_ENV_DEFAULTS = {
 
 
 class _MessageFilter(logging.Filter):
-    """Drops a vLLM log line that reports nothing wrong and that the user cannot act on (see ``_VLLM_NOISE``)."""
+    """Drops vLLM log lines that report nothing wrong and that the user cannot act on (see ``_VLLM_NOISE``)."""
 
-    def __init__(self, text: str) -> None:
+    def __init__(self, *texts: str) -> None:
         super().__init__()
-        self.text = text
+        self.texts = texts
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return self.text not in record.getMessage()
+        message = record.getMessage()
+        return not any(text in message for text in self.texts)
 
 
-# vLLM logger -> a message it prints where nothing is wrong. Each filter is one object, so adding it again is a no-op.
+# vLLM logger -> messages it prints where nothing is wrong. vLLM logs at WARNING in every longcot process (the CLI
+# sets it before TRL's import would set ERROR: trl/_compat.py), so its real warnings (a layer that fails to load, a
+# preempted request, LD_PRELOAD advice on CPU) reach the user, and these do not. Each filter is one object, so adding
+# it again is a no-op.
 _VLLM_NOISE = {
     # Printed five times while a CPU engine is built: vLLM's own model loading and renderer warm-up call
     # torch.set_num_threads, which its CPU worker has just replaced with this warning. VLLMEngine puts the real
@@ -62,6 +67,16 @@ _VLLM_NOISE = {
     # one back, which is what it should do. The synced engine's log-probs match the trainer's
     # (tests/test_weight_sync.py). Other layers that fail to load still warn.
     "vllm.model_executor.model_loader.reload.layerwise": _MessageFilter("RotaryEmbedding: Failed to load weights"),
+    # Start-up lines about settings longcot makes on purpose: a seeded in-process engine (it reseeds the process's
+    # global RNGs, the same way in a resumed run: tests/run/test_resume.py), whole-prompt prefill on CPU (the
+    # seeded-generator bug below), enforce_eager (no CUDA graphs or compilation), and what a CPU vLLM lacks (Triton).
+    "vllm.engine.arg_utils": _MessageFilter("The global random seed is set to",
+                                            "does not officially support disabling chunked prefill"),
+    "vllm.config.vllm": _MessageFilter("Enforce eager set", "Inductor compilation was disabled by user settings",
+                                       "Model Runner V2 requires Triton"),
+    "vllm.platforms.cpu": _MessageFilter("triton-cpu is expected", "Reset SSM cache type"),
+    "vllm.triton_utils.importing": _MessageFilter("doesn't include CPU backend", "0 active driver(s) found",
+                                                  "Triton not installed or not compatible"),
 }
 
 
@@ -70,6 +85,8 @@ def _quiet_vllm_noise(worker: Any = None) -> None:
     ``collective_rpc``, in each of its worker processes (tensor parallelism)."""
     for name, noise in _VLLM_NOISE.items():
         logging.getLogger(name).addFilter(noise)
+    # vLLM's Triton shim reads every torch.distributed attribute, one of them a deprecated alias
+    warnings.filterwarnings("ignore", message=r".*torch\.distributed\.reduce_op", category=FutureWarning)
 
 
 class VLLMEngine:
@@ -103,6 +120,7 @@ class VLLMEngine:
                 "VLLMEngine syncs weights in-process and needs VLLM_ENABLE_V1_MULTIPROCESSING=0 "
                 f"(it is {os.environ['VLLM_ENABLE_V1_MULTIPROCESSING']!r})"
             )
+        _quiet_vllm_noise()  # before the import: vLLM's Triton probe logs while it is imported
         import vllm
         from vllm.platforms import current_platform
 
@@ -116,7 +134,6 @@ class VLLMEngine:
             dtype = "float32" if current_platform.is_cpu() else "auto"
         tok_path = llm_kwargs.pop("tokenizer_path", None) or _tokenizer_path(tokenizer)
         set_threads = torch.set_num_threads  # vLLM's CPU worker replaces it with a no-op; restored below
-        _quiet_vllm_noise()
         t0 = time.perf_counter()
         if not torch.cuda.is_available():
             # vLLM 0.32 CPU bug: a chunked prefill of a seeded request rewinds its generator with set_offset,

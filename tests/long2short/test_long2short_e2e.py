@@ -160,3 +160,49 @@ def test_bad_recipes_fail_before_any_work(tmp_path, capsys):
     assert "length reward 'k15_length'" in capsys.readouterr().err
     assert cli_main(["long2short", rl, ok, "long2short.method=distill"]) == 2
     assert "expected one of" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_crashed_sample_draw_resumes_to_the_same_samples(long_ckpt, tmp_path, monkeypatch):
+    """The long model's samples are graded and saved problem by problem: a crash while grading the 6th of 12 keeps
+    5, and the rerun into the same run directory draws only the other 7; samples.jsonl then equals an uninterrupted
+    draw's (vLLM seeds each problem by its id). Another recipe over the partial file is refused."""
+    from longcot.config import load_recipe
+    from longcot.errors import InputError
+    from longcot.eval.resumable import PARTIAL
+    from longcot.long2short import samples as samples_mod
+    from longcot.long2short.run import Session
+    from longcot.run import RunDir
+
+    monkeypatch.setenv("LONGCOT_NO_PROGRESS", "1")
+    args = [f"out_dir={tmp_path}", f"long2short.long_model={long_ckpt}", "long2short.correctness=format",
+            "rewards=[{name: math}, {name: format}]", "long2short.samples.num_problems=12", "long2short.samples.n=4",
+            *TOY]
+
+    def draw(name: str, *extra: str) -> list[dict]:
+        recipe = load_recipe(str(ROOT / "recipes/tiny/long2short-srs.yaml"), [*args, f"name={name}", *extra])
+        session = Session(recipe, RunDir(tmp_path / name))
+        try:
+            return session.samples()
+        finally:
+            session.close()
+
+    whole = draw("whole")
+    grade, calls = samples_mod.compute_rewards, []
+
+    def crash_at_the_sixth(trajs, specs):
+        calls.append(1)
+        if len(calls) == 6:
+            raise RuntimeError("killed")
+        return grade(trajs, specs)
+
+    monkeypatch.setattr(samples_mod, "compute_rewards", crash_at_the_sixth)
+    with pytest.raises(RuntimeError, match="killed"):
+        draw("crashed")
+    partial = tmp_path / "crashed" / PARTIAL
+    assert len(partial.read_text().splitlines()) == 1 + 5 and not (tmp_path / "crashed" / "samples.jsonl").exists()
+    with pytest.raises(InputError, match=r"n: 4 there, 8 now.*another name="):
+        draw("crashed", "long2short.samples.n=8")
+    resumed = draw("crashed")
+    assert resumed == whole and read_jsonl(tmp_path / "crashed" / "samples.jsonl") == whole
+    assert len(calls) == 6 + 7 and not partial.exists()  # 7 problems graded on the rerun, the file removed

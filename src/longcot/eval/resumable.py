@@ -12,6 +12,7 @@ resume get other samples than an uninterrupted run would have drawn (as valid, n
 vLLM: all requests are still queued at once (continuous batching as before) and each problem is saved as soon as
 its last sample finishes (``VLLMEngine.generate_stream``). Engines without streaming (``--engine hf``) generate
 ``HF_CHUNK`` problems per call and save after each call. The file is removed once ``samples.jsonl`` is written.
+``longcot long2short`` draws its samples of the long model the same way (``longcot.long2short.samples``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,11 +42,19 @@ class ResumableGeneration:
     problems that were read back from an earlier, interrupted run instead of generated."""
 
     def __init__(self, engine: Any, tokenizer: Any, out_dir: str | Path, protocol: dict[str, Any],
-                 progress: bool = True) -> None:
+                 progress: bool = True, *, keys: Sequence[str] = GENERATION_KEYS,
+                 rows: Callable[[Prompt, list], list[dict]] | None = None, chunk: int = HF_CHUNK,
+                 desc: str = "eval", elsewhere: str = "evaluate into another --out") -> None:
+        """``keys``: the protocol entries that must match to resume; ``rows``: one problem's finished
+        trajectories -> the records saved for it (default: ``sample_rows``; long2short grades them here);
+        ``chunk``: problems per call on engines that do not stream; ``desc``: the progress bar's and log's label;
+        ``elsewhere``: how to keep an interrupted run of another protocol (said when one is refused)."""
         self.engine, self.tokenizer = engine, tokenizer
         self.path = Path(out_dir) / PARTIAL
-        self.protocol = {k: protocol.get(k) for k in GENERATION_KEYS}
+        self.protocol = {k: protocol.get(k) for k in keys}
         self.progress = progress and os.environ.get("LONGCOT_NO_PROGRESS") != "1"
+        self.rows = rows or (lambda prompt, trajs: sample_rows(trajs, self.tokenizer))
+        self.chunk, self.desc, self.elsewhere = chunk, desc, elsewhere
 
     def __call__(self, prompts: list[Prompt], sampling: SamplingConfig) -> tuple[list[dict], set[str]]:
         done = self._read()
@@ -52,8 +62,8 @@ class ResumableGeneration:
         resumed = set(done) & wanted
         todo = [p for p in prompts if p.prompt_id not in done]
         if resumed:
-            log.info("eval: %d of %d problems read back from %s (an interrupted run); generating the other %d",
-                     len(resumed), len(prompts), self.path, len(todo))
+            log.info("%s: %d of %d problems read back from %s (an interrupted run); generating the other %d",
+                     self.desc, len(resumed), len(prompts), self.path, len(todo))
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a", encoding="utf-8") as f, self._bar(len(prompts), len(resumed)) as bar:
             if f.tell() == 0:
@@ -62,10 +72,10 @@ class ResumableGeneration:
 
             def save(prompt: Prompt, trajs: list) -> None:
                 nonlocal tokens
-                rows = sample_rows(trajs, self.tokenizer)
+                rows = self.rows(prompt, trajs)
                 self._append(f, {"id": prompt.prompt_id, "samples": rows})
                 done[prompt.prompt_id] = rows
-                tokens += sum(r["tokens"] for r in rows)
+                tokens += sum(len(t.response_ids) for t in trajs)
                 bar.update(1)
                 bar.set_postfix_str(f"{tokens / max(time.perf_counter() - start, 1e-9):.0f} tok/s", refresh=False)
 
@@ -81,8 +91,8 @@ class ResumableGeneration:
         if stream is not None:
             stream(prompts, sampling, save)
             return
-        for i in range(0, len(prompts), HF_CHUNK):
-            chunk = prompts[i:i + HF_CHUNK]
+        for i in range(0, len(prompts), self.chunk):
+            chunk = prompts[i:i + self.chunk]
             trajs = self.engine.generate(chunk, sampling, group_tag="")
             for prompt in chunk:
                 save(prompt, [t for t in trajs if t.prompt_id == prompt.prompt_id])
@@ -104,8 +114,8 @@ class ResumableGeneration:
         diff = {k: (saved.get(k), v) for k, v in self.protocol.items() if saved.get(k) != v}
         if diff:
             shown = "; ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in diff.items())
-            raise InputError(f"{self.path} holds the samples of an interrupted evaluation with another protocol "
-                             f"({shown}); evaluate into another --out, or delete that file to start afresh")
+            raise InputError(f"{self.path} holds the samples of an interrupted {self.desc} with another protocol "
+                             f"({shown}); {self.elsewhere}, or delete that file to start afresh")
         if text and not text.endswith("\n"):  # a write cut short: keep the whole records, then append after them
             self.path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records),
                                  encoding="utf-8")
@@ -120,5 +130,5 @@ class ResumableGeneration:
     def _bar(self, total: int, initial: int):
         from tqdm.auto import tqdm
 
-        return tqdm(total=total, initial=initial, desc="eval", unit="problem", dynamic_ncols=True,
+        return tqdm(total=total, initial=initial, desc=self.desc, unit="problem", dynamic_ncols=True,
                     disable=not self.progress)

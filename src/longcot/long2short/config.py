@@ -47,7 +47,9 @@ class SampleConfig:
     n: int = 8  # samples per problem (k1.5 used 8)
     temperature: float = 1.0
     max_tokens: int = 0  # 0: eval.max_tokens, the budget the long model is evaluated with
-    chunk_problems: int = 128  # problems per engine call (one progress-bar tick each)
+    # problems per engine call with an engine that does not stream (hf); vLLM queues them all and saves each
+    # problem as it finishes (a crashed draw resumes: docs/long2short.md)
+    chunk_problems: int = 128
     # samples.jsonl of another long2short run to reuse (same long model, n, temperature, max_tokens, problems
     # and rewards, checked): the DPO run can train on exactly the samples the rejection-sampling run drew.
     reuse: str = ""

@@ -106,8 +106,9 @@ class Session:
         meta = samples.sample_meta(self.recipe)
         reuse = self.cfg.samples.reuse
         records = samples.load_samples(reuse, meta) if reuse else samples.draw_samples(
-            self.engine, self.tokenizer, self.task, self.recipe)
+            self.engine, self.tokenizer, self.task, self.recipe, self.run.root)
         samples.write_samples(records, {**meta, "reused_from": reuse or None}, self.run.root)
+        samples.drop_partial(self.run.root)
         self.run.update_summary(samples=samples.sample_stats(records))
         return records
 

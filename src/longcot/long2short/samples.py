@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 from pathlib import Path
-
-from tqdm.auto import tqdm
 
 from longcot.config import Recipe
 from longcot.jsonl import read_jsonl
@@ -41,8 +38,13 @@ def pick_problems(rows: list[dict], k: int, seed: int) -> list[dict]:
     return random.Random(f"long2short-{seed}").sample(rows, k)
 
 
-def draw_samples(engine, tokenizer, task, recipe: Recipe) -> list[dict]:
-    """Sample, grade and return the records (in problem order, then sample index)."""
+def draw_samples(engine, tokenizer, task, recipe: Recipe, run_root: Path) -> list[dict]:
+    """Sample, grade and return the records (in problem order, then sample index). Each problem is graded and saved
+    to ``run_root/samples.partial.jsonl`` as soon as its samples finish, and a rerun of the same recipe into the
+    same run directory draws only the problems not saved yet (``longcot.eval.resumable``; with vLLM the very
+    samples an uninterrupted run draws). Call :func:`drop_partial` once ``samples.jsonl`` is written."""
+    from longcot.eval.resumable import ResumableGeneration
+
     cfg = recipe.long2short
     s = cfg.samples
     rows = pick_problems(task.train, s.num_problems, recipe.seed)
@@ -50,17 +52,24 @@ def draw_samples(engine, tokenizer, task, recipe: Recipe) -> list[dict]:
     sampling = SamplingConfig(n=s.n, temperature=s.temperature, max_tokens=s.max_tokens or recipe.eval.max_tokens,
                               seed=recipe.seed, logprobs=False)
     prepare_rewards(recipe.rewards)
-    records: list[dict] = []
-    bar = tqdm(total=len(prompts), desc="long2short samples", unit="problem", dynamic_ncols=True,
-               disable=os.environ.get("LONGCOT_NO_PROGRESS") == "1")
-    for start in range(0, len(prompts), s.chunk_problems):
-        chunk = prompts[start:start + s.chunk_problems]
-        trajs = engine.generate(chunk, sampling, group_tag="")
+
+    def graded(prompt, trajs) -> list[dict]:
         compute_rewards(trajs, recipe.rewards)
-        records.extend(to_records(trajs, {p.prompt_id: p.prompt_text for p in chunk}, cfg.correctness))
-        bar.update(len(chunk))
-    bar.close()
+        return to_records(trajs, {prompt.prompt_id: prompt.prompt_text}, cfg.correctness)
+
+    meta = sample_meta(recipe)
+    generate = ResumableGeneration(engine, tokenizer, run_root, meta, keys=tuple(meta), rows=graded,
+                                   chunk=s.chunk_problems, desc="long2short sampling",
+                                   elsewhere="run the recipe under another name=")
+    records, _ = generate(prompts, sampling)
     return records
+
+
+def drop_partial(run_root: Path) -> None:
+    """The samples are in ``samples.jsonl``: an interrupted draw has nothing left to resume."""
+    from longcot.eval.resumable import PARTIAL
+
+    (Path(run_root) / PARTIAL).unlink(missing_ok=True)
 
 
 def to_records(trajs, prompt_text: dict[str, str], correctness: str) -> list[dict]:

@@ -56,10 +56,10 @@ def render(run_dir: str | Path) -> str:
     rows = read_metrics(run_dir / "metrics.jsonl")
     lines = [f"run: {run_dir}"]
     summary_path = run_dir / "summary.json"
-    if summary_path.is_file():
-        summary = json.loads(summary_path.read_text())
-        for stage, ev in summary.get("eval", {}).items():
-            lines.append(f"eval {stage:>10}: accuracy {ev['accuracy']:.3f} on {ev['n']} held-out problems")
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    lines += sft_summary(run_dir, summary.get("sft"))
+    for stage, ev in summary.get("eval", {}).items():
+        lines.append(f"eval {stage:>10}: accuracy {ev['accuracy']:.3f} on {ev['n']} held-out problems")
     if rows:
         lines.append(f"RL steps: {len(rows)}")
         lines.append("time per step:        median       mean  share of mean")
@@ -71,6 +71,21 @@ def render(run_dir: str | Path) -> str:
         lines += async_summary(rows)
         lines += mismatch_summary(rows)
     return "\n".join(lines)
+
+
+def sft_summary(run_dir: Path, sft: dict | None) -> list[str]:
+    """The SFT stage: finished (examples, final loss), or stopped mid-stage at its newest checkpoint."""
+    if sft:
+        loss = sft.get("final_loss")
+        return [f"SFT: {sft.get('examples')} examples, final loss {loss:.4f}" if loss is not None
+                else f"SFT: {sft.get('examples')} examples"]
+    states = sorted((run_dir / "checkpoints/sft/trl").glob("checkpoint-*/trainer_state.json"),
+                    key=lambda p: int(p.parent.name.rsplit("-", 1)[1]))
+    if not states:
+        return []
+    state = json.loads(states[-1].read_text())
+    return [f"SFT: stopped at optimizer step {state.get('global_step')} of {state.get('max_steps')} "
+            f"({states[-1].parent.relative_to(run_dir)}); `longcot train ... --resume` continues it"]
 
 
 def async_summary(rows: list[dict]) -> list[str]:

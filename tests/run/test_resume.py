@@ -109,12 +109,15 @@ def test_stopped_mid_sft_resumes_the_stage_not_restarts_it(out, reference):
     assert first.returncode == 143, first.stderr[-3000:]
     assert "checkpoints/sft/trl/checkpoint-1" in first.stderr and "--resume" in first.stderr.splitlines()[-1]
     assert not (run / "checkpoints/sft/config.json").exists() and not (run / "states").exists()
+    from longcot.report import render
+
+    assert "SFT: stopped at optimizer step 1 of 2 (checkpoints/sft/trl/checkpoint-1)" in render(run)
     again = train(out, "sftstop")
     assert again.returncode == 2 and "pass --resume to continue it" in again.stderr
     done = train(out, "sftstop", "--resume")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "SFT: continuing from" in done.stderr and "checkpoint-1" in done.stderr
-    assert not (run / "checkpoints/sft/trl").exists()
+    assert not (run / "checkpoints/sft/trl").exists() and "SFT: 64 examples" in render(run)
     assert_same_run(run, reference)
 
 

@@ -194,3 +194,11 @@ def test_a_reward_module_flag_is_named_as_the_origin_of_its_error(capsys):
     rc, err = dry_run(capsys, "--reward-module", "no_such_rewards_module")
     assert rc == 2
     assert "--reward-module no_such_rewards_module: 'reward_modules[0]': cannot import module" in err, err
+
+
+def test_a_run_directory_given_as_the_model_points_at_its_checkpoint(tmp_path, capsys):
+    run = tmp_path / "myrun"
+    (run / "checkpoints" / "final").mkdir(parents=True)
+    (run / "checkpoints" / "final" / "config.json").write_text("{}")
+    rc, err = dry_run(capsys, f"model.path={run}")
+    assert rc == 2 and f"did you mean {run / 'checkpoints' / 'final'}?" in err, err

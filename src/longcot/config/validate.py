@@ -103,7 +103,9 @@ def check_model_path(path: str, key: str, problems: Problems) -> None:
     p = Path(path).expanduser()
     if p.exists():
         if not (p / "config.json").is_file():
-            problems.add(key, f"{path} exists but has no config.json: not a Hugging Face model directory")
+            models = [c for c in ("checkpoints/final", "checkpoints/sft", "init") if (p / c / "config.json").is_file()]
+            hint = f" (a run directory; did you mean {p / models[0]}?)" if models else ""
+            problems.add(key, f"{path} exists but has no config.json: not a Hugging Face model directory{hint}")
         return
     # a hub name is "org/name"; "runs/x" is a local path when ./runs exists
     looks_local = path.startswith(("/", ".", "~")) or path.count("/") != 1 or p.parent.is_dir()

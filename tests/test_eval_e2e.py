@@ -106,3 +106,32 @@ def test_readme_example_with_the_tiny_model(tiny, tmp_path, caplog, capsys):
     assert summary["config"]["template"] == "raw" and summary["config"]["problems"] == 5
     assert main(argv[:1] + ["--model", str(tmp_path / "no-such-model")] + argv[3:]) == 2
     assert f"model path does not exist: {tmp_path / 'no-such-model'}" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_ctrl_c_keeps_the_saved_problems_and_says_how_to_continue(tiny, tmp_path):
+    """Ctrl-C after two problems were saved: exit 130, one line instead of vLLM's and Python's tracebacks; the same
+    command then generates only the third problem."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("vllm")
+    model, data = tiny
+    out = tmp_path / "out"
+    args = ["eval", "--model", str(model), "--dataset", str(data), "--template", "raw", "--prompt", "Q: {problem}\nA:",
+            "--n", "2", "--max-tokens", "16", "--out", str(out), "--engine", "vllm"]
+    env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1",
+           "LONGCOT_NO_PROGRESS": "1"}
+    faults = Path(__file__).parent / "run" / "faults.py"  # sample_rows: once per finished problem, before its save
+    stopped = subprocess.run([sys.executable, str(faults), "longcot.eval.resumable:sample_rows", "3", "INT", "after",
+                              "--", *args], env=env, capture_output=True, text=True, timeout=600)
+    assert stopped.returncode == 130, stopped.stderr[-3000:]
+    assert "Traceback" not in stopped.stderr
+    assert stopped.stderr.splitlines()[-1].startswith("longcot eval: interrupted; the problems already generated")
+    again = subprocess.run([sys.executable, "-m", "longcot.cli", *args], env=env, capture_output=True, text=True,
+                           timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "2 of 3 problems read back" in again.stderr
+    assert json.loads((out / "summary.json").read_text())["metrics"]["resumed_problems"] == 2

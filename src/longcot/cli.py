@@ -74,16 +74,23 @@ def train_main(argv: list[str]) -> int:
         print(f"longcot train: {message(e)}", file=sys.stderr)  # diverging updates, a dead trainer: no traceback
         return 1
     except Preempted as e:
-        modules = [f"--reward-module {m}" for m in ns.reward_module]
-        again = " ".join(["longcot train", ns.recipe, *ns.overrides, *modules, "--resume"])
-        print(f"longcot train: {e}\ncontinue with: {again}", file=sys.stderr)
+        print(f"longcot train: {e}\ncontinue with: {_resume_command(ns)}", file=sys.stderr)
         return e.exit_code
+    except KeyboardInterrupt:  # Ctrl-C outside a step that saves (an evaluation, the engine's start), or a second one
+        print(f"\nlongcot train: interrupted; finished stages and training states are kept\n"
+              f"continue with: {_resume_command(ns)}", file=sys.stderr)
+        return 130
     ev = summary.get("eval", {})
     for stage in ("initial", "after_sft", "after_rl"):
         if stage in ev:
             print(f"{stage}: accuracy {ev[stage]['accuracy']:.3f} (n={ev[stage]['n']})")
     print(f"run directory: {recipe.out_dir}/{recipe.name}")
     return 0
+
+
+def _resume_command(ns: argparse.Namespace) -> str:
+    modules = [f"--reward-module {m}" for m in ns.reward_module]
+    return " ".join(["longcot train", ns.recipe, *ns.overrides, *modules, "--resume"])
 
 
 def _dispatch(cmd: str, rest: list[str]) -> int:

@@ -206,3 +206,27 @@ def test_a_crashed_sample_draw_resumes_to_the_same_samples(long_ckpt, tmp_path, 
     resumed = draw("crashed")
     assert resumed == whole and read_jsonl(tmp_path / "crashed" / "samples.jsonl") == whole
     assert len(calls) == 6 + 7 and not partial.exists()  # 7 problems graded on the rerun, the file removed
+
+
+@pytest.mark.slow
+def test_long2short_rl_stopped_by_sigterm_says_how_to_resume(long_ckpt, tmp_path):
+    """SIGTERM during long2short RL saves a training state like `longcot train` does; the command used to end in a
+    traceback (exit 1) because it did not catch the stop, and printed no --resume command."""
+    import os
+    import subprocess
+    import sys
+
+    args = ["long2short", str(ROOT / "recipes/tiny/long2short-rl.yaml"), f"out_dir={tmp_path}", "name=rl",
+            f"long2short.long_model={long_ckpt}", "rl.steps=3", "rl.prompts_per_step=4", "rollout.n=4",
+            "rollout.max_tokens=32", *TOY]
+    env = {**os.environ, "LONGCOT_NO_PROGRESS": "1"}
+    faults = ROOT / "tests/run/faults.py"  # generate call 1 is the long model's eval, call 3 is RL step 1
+    out = subprocess.run([sys.executable, str(faults), "longcot.rollout.vllm:VLLMEngine.generate", "3", "TERM",
+                          "before", "--", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 143, out.stderr[-3000:]
+    last = out.stderr.splitlines()[-1]
+    assert last.startswith("continue with: longcot long2short") and last.endswith(" threads=1 --resume"), last
+    assert "Traceback" not in out.stderr, out.stderr[-5000:]
+    assert [r["step"] for r in read_jsonl(tmp_path / "rl/metrics.jsonl")] == [0, 1]
+    assert cli_main([*args, "--resume"]) == 0
+    assert [r["step"] for r in read_jsonl(tmp_path / "rl/metrics.jsonl")] == [0, 1, 2]

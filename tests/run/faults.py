@@ -1,6 +1,7 @@
 """Run ``longcot train`` with an injected fault: send a signal to this process at the N-th call of a function.
 
     python tests/run/faults.py MODULE:QUALNAME N SIGNAL before|after -- <longcot train arguments>
+    python tests/run/faults.py MODULE:QUALNAME N SIGNAL before|after -- long2short|eval <its arguments>
 
 e.g. ``longcot.rollout.vllm:VLLMEngine.generate 3 KILL before`` dies as the third generate call starts. The
 resume tests use it to stop a real run at a chosen point (mid-generation, mid-optimizer step, mid-state write)
@@ -44,4 +45,5 @@ if __name__ == "__main__":
     install(target, int(nth), signame, when)
     from longcot.cli import main
 
-    sys.exit(main(["train", *train_args]))
+    command = train_args if train_args[:1] in (["long2short"], ["eval"]) else ["train", *train_args]
+    sys.exit(main(command))

@@ -121,6 +121,20 @@ def test_stopped_mid_sft_resumes_the_stage_not_restarts_it(out, reference):
     assert_same_run(run, reference)
 
 
+def test_ctrl_c_outside_a_step_ends_with_one_line_and_resumes(out, reference):
+    """Ctrl-C during the evaluation after SFT (no step to finish there): the run ends with exit 130, the --resume
+    command and no traceback (it printed vLLM's and Python's, ~140 lines); --resume ends like the uninterrupted run."""
+    run = out / "ctrlc"
+    first = train(out, "ctrlc", fault=("longcot.rollout.vllm:VLLMEngine.generate", 1, "INT", "before"))
+    assert first.returncode == 130, first.stderr[-3000:]
+    assert "Traceback" not in first.stderr and "interrupted; finished stages and training states are kept" in \
+        first.stderr and first.stderr.splitlines()[-1].endswith("--resume")
+    done = train(out, "ctrlc", "--resume")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "SFT already finished in this run" in done.stderr
+    assert_same_run(run, reference)
+
+
 def test_corrupt_latest_state_falls_back_to_the_one_before(out, reference):
     run = out / "corrupt"
     shutil.copytree(reference, run)

@@ -116,6 +116,11 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as e:
         print(f"longcot eval: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # the problems finished so far are on disk (longcot.eval.resumable)
+        kept = "" if ns.responses else ("; the problems already generated are kept: run the same command again to "
+                                        "generate only the rest")
+        print(f"\nlongcot eval: interrupted{kept}", file=sys.stderr)
+        return 130
     shown = {k: v for k, v in summary["metrics"].items() if "@" in k or k in ("tokens_per_s", "truncation_rate")}
     print(json.dumps({"n": summary["n"], "metrics": shown, "out": cfg.out}, indent=2))
     return 0

@@ -33,13 +33,27 @@ def run_main(argv: list[str]) -> int:
 
         print(yaml.safe_dump(to_dict(recipe), sort_keys=False))
         return 0
+    from longcot.errors import InputError, RunStoppedError, message
     from longcot.long2short.run import run_long2short
+    from longcot.rewards.errors import RewardError, RewardSetupError
+    from longcot.run.preemption import Preempted
 
+    again = " ".join(["longcot long2short", ns.recipe, *ns.overrides])
+    again = f"{again} --resume" if recipe.long2short.method == "rl" else again  # the others redo their run
     try:
         block = run_long2short(recipe, resume=ns.resume, overwrite=ns.overwrite)["long2short"]
     except ConfigError as e:  # e.g. method rl on an existing run without --resume / --overwrite
         print(f"longcot long2short: {e}", file=sys.stderr)
         return 2
+    except (InputError, RewardError, RewardSetupError, RunStoppedError) as e:
+        print(f"longcot long2short: {message(e)}", file=sys.stderr)
+        return 1
+    except Preempted as e:  # method rl: SIGTERM / Ctrl-C during RL saved a training state
+        print(f"longcot long2short: {e}\ncontinue with: {again}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:  # drawn samples are kept (samples.partial.jsonl), so are rl's states
+        print(f"\nlongcot long2short: interrupted; continue with: {again}", file=sys.stderr)
+        return 130
     for label in ("long", "short", "result"):
         if block.get(label):
             ev, n = block[label], block[label]["correct_len_mean"]

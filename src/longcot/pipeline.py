@@ -84,8 +84,10 @@ def run_sft_stage(recipe: Recipe, model, tokenizer, task: Task, run: RunDir, row
                           precision=resolve_precision(recipe.trainer.precision, device),
                           optimizer=recipe.sft.optimizer, optimizer_options=recipe.sft.optimizer_options,
                           checkpoint_every=recipe.sft.checkpoint_every, resume_from=last_checkpoint(out), stop=stop)
-    run.update_summary(sft={"examples": len(pairs), **metrics})
-    remove_checkpoints(out)  # after the summary records the stage: a kill in between resumes from the checkpoint
+        run.update_summary(sft={"examples": len(pairs), **metrics})
+        remove_checkpoints(out)  # after the summary records the stage: a kill in between resumes from the checkpoint
+        if stop.requested:  # the signal came after SFT's last step: the stage is complete, stop before RL
+            raise Preempted(stop.signum, str(out))
     return str(out)
 
 

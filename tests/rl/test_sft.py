@@ -107,3 +107,15 @@ def test_sft_stopped_by_sigterm_saves_a_checkpoint_and_resumes(tmp_path, monkeyp
     assert last_checkpoint(tmp_path / "run").name == "checkpoint-3"
     resumed = _sft(tmp_path, "run", resume_from=last_checkpoint(tmp_path / "run"))
     assert all(torch.equal(resumed[k], reference[k]) for k in reference)
+
+
+def test_sft_stopped_during_its_last_step_is_finished_not_preempted(tmp_path, monkeypatch):
+    """A signal during the last optimizer step leaves nothing to resume: run_sft saves the model as finished and
+    leaves the stop to its caller (the pipeline stops before RL), rather than pointing at a checkpoint to redo."""
+    from longcot.run.preemption import StopOnSignal
+
+    _fail_at_step(monkeypatch, 8, lambda: os.kill(os.getpid(), signal.SIGTERM))
+    with StopOnSignal() as stop:
+        _sft(tmp_path, "run", stop=stop)
+        assert stop.requested
+    assert (tmp_path / "run" / "config.json").is_file()

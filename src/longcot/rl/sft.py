@@ -52,8 +52,8 @@ def run_sft(model, tokenizer, pairs: list[tuple[str, str]], out_dir: str | Path,
     args = TRLSFTConfig(
         output_dir=str(out_dir / "trl"), learning_rate=lr, num_train_epochs=epochs,
         per_device_train_batch_size=batch_size, warmup_steps=warmup_ratio, weight_decay=weight_decay,
-        lr_scheduler_type="cosine", logging_steps=25, report_to=[], seed=seed,
-        save_strategy="steps" if checkpoint_every else "no", save_steps=checkpoint_every or 500, save_total_limit=1,
+        lr_scheduler_type="cosine", logging_steps=25, report_to=[], seed=seed, save_total_limit=1,
+        **({"save_strategy": "steps", "save_steps": checkpoint_every} if checkpoint_every else {"save_strategy": "no"}),
         max_length=max_length, completion_only_loss=True, use_cpu=device == "cpu", dataloader_num_workers=0,
         disable_tqdm=False, bf16=precision == "bf16-mixed", fp16=False, gradient_checkpointing=gradient_checkpointing,
         # transformers 5.19's Qwen3-MoE load-balancing loss breaks on padded batches (shape mismatch between
@@ -69,8 +69,8 @@ def run_sft(model, tokenizer, pairs: list[tuple[str, str]], out_dir: str | Path,
     if resume_from is not None:
         log.info("SFT: continuing from %s", resume_from)
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from is not None else None)
-    if stop is not None and stop.requested:
-        raise Preempted(stop.signum, str(last_checkpoint(out_dir)))
+    if stop is not None and stop.requested and trainer.state.global_step < trainer.state.max_steps:
+        raise Preempted(stop.signum, str(last_checkpoint(out_dir)))  # stopped early: not saved as finished
     if model.is_gradient_checkpointing and not was_checkpointing:
         model.gradient_checkpointing_disable()
     model.save_pretrained(out_dir)
@@ -89,8 +89,8 @@ class _SFTTrainer(SFTTrainer):
     """TRL's SFTTrainer, with a resume that loads MoE weights. Transformers 5.19's Trainer reads a checkpoint's
     weights with a bare ``load_state_dict``, which skips the checkpoint-format conversion (one tensor per expert on
     disk, fused experts in memory) and leaves every expert at its pre-resume value behind a missing-keys warning
-    (huggingface/transformers#48805). ``from_pretrained`` applies the conversion; the strict load below fails
-    loudly if any key still differs."""
+    (huggingface/transformers#48805). ``from_pretrained`` applies the conversion (holding a second copy of the
+    weights in CPU memory for a moment); the strict load below fails loudly if any key still differs."""
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         model = self.model if model is None else model

@@ -190,11 +190,11 @@ def test_a_crashed_sample_draw_resumes_to_the_same_samples(long_ckpt, tmp_path, 
     whole = draw("whole")
     grade, calls = samples_mod.compute_rewards, []
 
-    def crash_at_the_sixth(trajs, specs):
+    def crash_at_the_sixth(trajs, specs, **kwargs):
         calls.append(1)
         if len(calls) == 6:
             raise RuntimeError("killed")
-        return grade(trajs, specs)
+        return grade(trajs, specs, **kwargs)
 
     monkeypatch.setattr(samples_mod, "compute_rewards", crash_at_the_sixth)
     with pytest.raises(RuntimeError, match="killed"):
@@ -230,3 +230,36 @@ def test_long2short_rl_stopped_by_sigterm_says_how_to_resume(long_ckpt, tmp_path
     assert [r["step"] for r in read_jsonl(tmp_path / "rl/metrics.jsonl")] == [0, 1]
     assert cli_main([*args, "--resume"]) == 0
     assert [r["step"] for r in read_jsonl(tmp_path / "rl/metrics.jsonl")] == [0, 1, 2]
+
+
+@pytest.mark.slow
+def test_the_draws_reward_error_rate_is_over_the_draw_not_one_problem(long_ckpt, tmp_path, monkeypatch):
+    """Problems are graded one by one as they finish, but max_error_rate (0.1) is a rate over many samples: two
+    failures on the first problem's 4 samples (50% of that problem, 4% of the draw) must not stop a 12-problem draw;
+    a reward that always fails stops it once a chunk's worth is graded."""
+    from longcot.config import load_recipe
+    from longcot.long2short.run import Session
+    from longcot.rewards.errors import RewardError
+    from longcot.run import RunDir
+
+    module = tmp_path / "flaky_rewards.py"
+    module.write_text("calls = []\n\ndef first_two_fail(sample):\n    calls.append(1)\n    if len(calls) <= 2:\n"
+                      "        raise ValueError('flaky')\n    return 0.0\n\ndef always_fails(sample):\n"
+                      "    raise ValueError('broken')\n")
+    monkeypatch.setenv("LONGCOT_NO_PROGRESS", "1")
+
+    def draw(name: str, fn: str) -> list[dict]:
+        recipe = load_recipe(str(ROOT / "recipes/tiny/long2short-srs.yaml"), [
+            f"out_dir={tmp_path}", f"name={name}", f"long2short.long_model={long_ckpt}",
+            "long2short.correctness=format", f"rewards=[{{name: format}}, {{name: '{module}:{fn}'}}]",
+            "long2short.samples.num_problems=12",
+            "long2short.samples.n=4", "long2short.samples.chunk_problems=5", *TOY])
+        session = Session(recipe, RunDir(tmp_path / name))
+        try:
+            return session.samples()
+        finally:
+            session.close()
+
+    assert len(draw("flaky", "first_two_fail")) == 48
+    with pytest.raises(RewardError, match="failed on 20 of 20 samples"):
+        draw("broken", "always_fails")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from longcot.config import Recipe
 from longcot.jsonl import read_jsonl
+from longcot.rewards.errors import check_error_rate
 from longcot.rewards.registry import compute_rewards, prepare_rewards
 from longcot.rollout.base import SamplingConfig
 
@@ -53,8 +54,20 @@ def draw_samples(engine, tokenizer, task, recipe: Recipe, run_root: Path) -> lis
                               seed=recipe.seed, logprobs=False)
     prepare_rewards(recipe.rewards)
 
+    # A problem is graded as soon as it finishes, but max_error_rate is a rate over many samples (a step's in RL):
+    # it is checked over everything graded so far, once that is a chunk's worth, and at the end.
+    failed: dict[str, list[tuple[str, str]]] = {}
+    graded_n, window = 0, s.chunk_problems * s.n
+
     def graded(prompt, trajs) -> list[dict]:
-        compute_rewards(trajs, recipe.rewards)
+        nonlocal graded_n
+        compute_rewards(trajs, recipe.rewards, enforce=False)
+        for t in trajs:
+            for key, why in t.reward_errors.items():
+                failed.setdefault(key, []).append((t.prompt_id, why))
+        graded_n += len(trajs)
+        if graded_n >= window:
+            check_error_rate(failed, graded_n, recipe.rewards)
         return to_records(trajs, {prompt.prompt_id: prompt.prompt_text}, cfg.correctness)
 
     meta = sample_meta(recipe)
@@ -62,6 +75,7 @@ def draw_samples(engine, tokenizer, task, recipe: Recipe, run_root: Path) -> lis
                                    chunk=s.chunk_problems, desc="long2short sampling",
                                    elsewhere="run the recipe under another name=")
     records, _ = generate(prompts, sampling)
+    check_error_rate(failed, graded_n, recipe.rewards)
     return records
 
 

@@ -262,7 +262,7 @@ def _check_ray_overrides_need_ray(recipe, problems: Problems) -> None:
     if recipe.cluster.backend != "local" or source is None or source.of("cluster.backend").startswith("override "):
         return
     for key, where in source.where.items():
-        ray_only = key.startswith("cluster.") and key != "cluster.backend" or key == "rl.max_off_policy_steps"
+        ray_only = (key.startswith("cluster.") and key != "cluster.backend") or key == "rl.max_off_policy_steps"
         if ray_only and where.startswith("override "):
             problems.add(key, "only applies to Ray runs, and cluster.backend is 'local' (one process, rollouts and "
                               "training take turns): add cluster.backend=ray (docs/cluster.md), or drop it")

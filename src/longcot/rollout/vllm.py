@@ -54,9 +54,8 @@ class _MessageFilter(logging.Filter):
 
 
 # vLLM logger -> messages it prints where nothing is wrong. vLLM logs at WARNING in every longcot process (the CLI
-# sets it before TRL's import would set ERROR: trl/_compat.py), so its real warnings (a layer that fails to load, a
-# preempted request, LD_PRELOAD advice on CPU) reach the user, and these do not. Each filter is one object, so adding
-# it again is a no-op.
+# sets it before TRL's import would set ERROR: trl/_compat.py), so its real warnings (a layer that fails to load,
+# LD_PRELOAD advice on CPU) reach the user, and these do not. Each filter is one object, so adding it again is a no-op.
 _VLLM_NOISE = {
     # Printed five times while a CPU engine is built: vLLM's own model loading and renderer warm-up call
     # torch.set_num_threads, which its CPU worker has just replaced with this warning. VLLMEngine puts the real

@@ -26,11 +26,10 @@ from longcot.run.state import TrainingState, load_latest
 # keyed by parameter name; docs/training.md), and the number of rollout workers (buffered partial rollouts are dealt
 # to the new ones). Not trainer.device or trainer.precision (other numbers). A key names itself and its subkeys.
 SAFE_ON_RESUME = ("rl.steps", "threads", "rl.checkpoint_every", "rl.keep_checkpoints", "sft.checkpoint_every",
-                  "eval.every", "name",
-                  "out_dir", "trainer.strategy", "trainer.ranks", "trainer.timeout_minutes", "cluster.address",
-                  "cluster.rollout_workers", "cluster.worker_cpus", "cluster.worker_gpus", "cluster.worker_resources",
-                  "cluster.trainer_cpus", "cluster.trainer_gpus", "cluster.trainer_resources",
-                  "cluster.max_worker_restarts")
+                  "eval.every", "name", "out_dir", "trainer.strategy", "trainer.ranks", "trainer.timeout_minutes",
+                  "cluster.address", "cluster.rollout_workers", "cluster.worker_cpus", "cluster.worker_gpus",
+                  "cluster.worker_resources", "cluster.trainer_cpus", "cluster.trainer_gpus",
+                  "cluster.trainer_resources", "cluster.max_worker_restarts")
 
 
 def _safe(key: str) -> bool:

@@ -24,6 +24,8 @@ def install(target: str, nth: int, signame: str, when: str) -> None:
         owner = getattr(owner, part)
     original = getattr(owner, name)
     sig = getattr(signal, f"SIG{signame}")
+    if sig == signal.SIGINT:  # a shell without job control starts background jobs with SIGINT ignored, and Python
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # keeps that: make Ctrl-C what it is in a terminal
     calls = 0
 
     def faulty(*args, **kwargs):
